@@ -1,0 +1,176 @@
+"""`prune_layer`: one entry point, four methods, three backends.
+
+The adapter work happens here so no backend sees odd input: dtype (fp16/bf16 are
+computed in float32, float64 stays float64), contiguity, device, validation and
+the layer loss.  Backends:
+
+* ``rust``: the CPU kernels of ``thanos_rs._core`` (rayon, the GIL released);
+* ``torch``: the same algorithms in torch ops, on the tensors' device;
+* ``reference``: float64 numpy least squares (slow; for tests).
+
+``auto`` picks torch for CUDA tensors and rust otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import reference
+from . import spec as S
+from .errors import InputError
+
+__all__ = ["LayerResult", "prune_layer", "layer_loss"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class LayerResult:
+    """What `prune_layer` returns; `weight` and `mask` match the input's type and device."""
+
+    weight: Any
+    mask: Any
+    loss: float
+    sparsity: float
+    damp: float
+    seconds: float
+    method: str
+    pattern: str
+    backend: str
+
+
+def prune_layer(
+    weight,
+    hessian,
+    method: str = "thanos",
+    pattern: str = "unstructured",
+    sparsity: float = 0.5,
+    alpha: float = 0.0,
+    block_size: int = 128,
+    damp: float = 0.01,
+    backend: str = "auto",
+) -> LayerResult:
+    """Prune one linear layer ``y = W x`` (W is c x b) given H = (2/n) sum X X^T (b x b).
+
+    `sparsity` is the fraction of zeros (unstructured, structured; ignored for
+    N:M), `alpha` the Thanos outlier-row fraction (N:M and structured).  The
+    returned `loss` is ``tr(dW H dW^T) / tr(W H W^T)`` with the undamped H.
+    """
+    sp = S.make_spec(method, pattern, sparsity, alpha, block_size, damp)
+    w_in = _as_tensor("weight", weight)
+    h_in = _as_tensor("hessian", hessian)
+    _check_shapes(w_in, h_in)
+    S.check_width(sp, w_in.shape[1])
+    backend = _pick_backend(backend, w_in)
+    compute = torch.float64 if w_in.dtype == torch.float64 else torch.float32
+    w = w_in.to(compute)
+    h = h_in.to(device=w.device, dtype=compute)
+    _check_finite(w, h)
+
+    start = time.perf_counter()
+    w_new, mask, used = _run(backend, w, h, sp)
+    seconds = time.perf_counter() - start
+
+    w_out = w_new.to(device=w_in.device, dtype=w_in.dtype)
+    mask = mask.to(w_in.device)
+    loss = layer_loss(w.to(w_in.device), w_out.to(compute), h.to(w_in.device))
+    as_numpy = isinstance(weight, np.ndarray)
+    return LayerResult(
+        weight=w_out.numpy() if as_numpy else w_out,
+        mask=mask.numpy() if as_numpy else mask,
+        loss=loss,
+        sparsity=float(mask.sum().item()) / max(1, mask.numel()),
+        damp=float(used),
+        seconds=seconds,
+        method=method,
+        pattern=str(sp.pattern),
+        backend=backend,
+    )
+
+
+def layer_loss(w: torch.Tensor, w_new: torch.Tensor, h: torch.Tensor) -> float:
+    """Relative layer loss tr(dW H dW^T) / tr(W H W^T) (= ||dW X||^2 / ||W X||^2)."""
+    dw = w_new - w
+    num = ((dw @ h) * dw).sum(dtype=torch.float64).item()
+    den = ((w @ h) * w).sum(dtype=torch.float64).item()
+    return num / den if den > 0 else 0.0
+
+
+def _run(backend: str, w: torch.Tensor, h: torch.Tensor, sp: S.LayerSpec):
+    if backend == "torch":
+        from . import torch_kernels
+
+        return torch_kernels.prune(w.clone(), h.clone(), sp)
+    if backend == "rust":
+        return _run_rust(w, h, sp)
+    w_ref, mask, used = reference.prune(w.cpu().numpy(), h.cpu().numpy(), sp)
+    return torch.from_numpy(w_ref), torch.from_numpy(mask), used
+
+
+def _run_rust(w: torch.Tensor, h: torch.Tensor, sp: S.LayerSpec):
+    from . import _core
+
+    pat = sp.pattern
+    w_np, mask, used = _core.prune_layer(
+        np.ascontiguousarray(w.cpu().numpy()),
+        np.ascontiguousarray(h.cpu().numpy()),
+        sp.method,
+        pat.kind,
+        pat.n,
+        pat.m,
+        sp.sparsity,
+        sp.alpha,
+        sp.block_size,
+        sp.damp,
+    )
+    return torch.from_numpy(w_np), torch.from_numpy(mask), used
+
+
+def _pick_backend(backend: str, w: torch.Tensor) -> str:
+    if backend not in S.BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(S.BACKENDS)}")
+    if backend == "auto":
+        return "torch" if w.is_cuda else "rust"
+    return backend
+
+
+def _as_tensor(name: str, x) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise InputError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise InputError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.dim() != 2:
+        raise InputError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+    return x.detach()
+
+
+def _check_shapes(w: torch.Tensor, h: torch.Tensor) -> None:
+    c, b = w.shape
+    if c == 0 or b == 0:
+        raise InputError(f"weight must not be empty, got shape {(c, b)}")
+    if tuple(h.shape) != (b, b):
+        raise InputError(
+            f"hessian must be (b, b) = ({b}, {b}) for a weight of shape ({c}, {b}) "
+            f"(y = W x, b = input features), got {tuple(h.shape)}"
+        )
+
+
+def _check_finite(w: torch.Tensor, h: torch.Tensor) -> None:
+    if not bool(torch.isfinite(w).all()):
+        raise InputError("weight contains NaN or Inf values; fix or reload the checkpoint before pruning")
+    if not bool(torch.isfinite(h).all()):
+        raise InputError(
+            "hessian contains NaN or Inf values (overflowing activations?); "
+            "accumulate it in float32/float64 from finite calibration activations"
+        )
+    if bool((torch.diagonal(h) < 0).any()):
+        raise InputError("hessian has a negative diagonal entry; H = (2/n) X X^T must be positive semi-definite")

@@ -1,0 +1,35 @@
+//! Magnitude pruning: remove the smallest |W| of the layer; no update.
+
+use rayon::prelude::*;
+
+use crate::config::{ceil_count, target_zeros, Pattern, PruneConfig};
+use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
+use crate::scalar::Real;
+use crate::thanos::zero_masked;
+
+pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) -> Vec<bool> {
+    let mut mask = vec![false; c * b];
+    let wr: &[T] = w;
+    match cfg.pattern {
+        Pattern::Unstructured => {
+            let key = |k: usize, j: usize| wr[k * b + j].abs().key();
+            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), T::KEY_BITS, key);
+            mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
+                row.iter_mut().enumerate().for_each(|(j, x)| *x = sel.contains(key(k, j), k, j));
+            });
+        }
+        Pattern::NM { n, m } => {
+            mask.par_chunks_mut(b).zip(wr.par_chunks(b)).for_each(|(row, wrow)| {
+                let keys: Vec<u64> = wrow.iter().map(|x| x.abs().key()).collect();
+                smallest_nm(&keys, n, m, row);
+            });
+        }
+        Pattern::Structured => {
+            let ones = vec![1.0; b];
+            let cols = smallest_columns(&column_scores(wr, &ones, b, &vec![false; c]), ceil_count(cfg.sparsity * b as f64));
+            mask.chunks_exact_mut(b).for_each(|row| row.copy_from_slice(&cols));
+        }
+    }
+    zero_masked(w, &mask, b, 0, b);
+    mask
+}

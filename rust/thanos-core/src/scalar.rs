@@ -1,0 +1,73 @@
+//! The float types the kernels run on (f32 and f64) and the few operations
+//! they need beyond faer's `RealField`.
+
+use faer::traits::RealField;
+
+pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
+    /// Width of [`Real::key`] in bits (32 for f32, 64 for f64).
+    const KEY_BITS: u32;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn sqrt(self) -> Self;
+    fn abs(self) -> Self;
+    fn is_finite(self) -> bool;
+    /// An integer that orders like the value, for non-negative finite values:
+    /// the IEEE bit pattern. Selections work on these keys (radix select).
+    fn key(self) -> u64;
+}
+
+impl Real for f32 {
+    const KEY_BITS: u32 = 32;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f32::abs(self)
+    }
+    #[inline(always)]
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+impl Real for f64 {
+    const KEY_BITS: u32 = 64;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        f64::abs(self)
+    }
+    #[inline(always)]
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.to_bits()
+    }
+}

@@ -1,0 +1,110 @@
+//! SparseGPT (Frantar & Alistarh 2023): column-by-column OBS with lazy block
+//! updates, on the same U as Thanos. Rows are independent inside a block, so
+//! each thread runs the column loop over its own rows; the trailing columns
+//! get one product per block.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef};
+use rayon::prelude::*;
+
+use crate::config::{ceil_count, cumulative_share, Pattern, PruneConfig};
+use crate::error::Result;
+use crate::mask::{smallest, smallest_columns, smallest_nm};
+use crate::scalar::Real;
+use crate::thanos::{remove_columns, Layer};
+
+pub fn sparsegpt<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
+    if cfg.pattern == Pattern::Structured {
+        return structured(w, layer, cfg);
+    }
+    let (c, b) = (layer.c, layer.b);
+    let bs = cfg.block_for(b);
+    let mut mask = vec![false; c * b];
+    for i1 in (0..b).step_by(bs) {
+        let i2 = (i1 + bs).min(b);
+        if cfg.pattern == Pattern::Unstructured {
+            block_mask(w, &mut mask, layer, cfg.sparsity, i1, i2);
+        }
+        let err = obs_columns(w, &mut mask, layer, cfg.pattern, i1, i2);
+        if i2 < b {
+            let u = layer.factor.view();
+            let full = MatMut::from_row_major_slice_mut(w, c, b);
+            matmul(
+                full.submatrix_mut(0, i2, c, b - i2),
+                Accum::Add,
+                MatRef::from_row_major_slice(&err, c, i2 - i1),
+                u.submatrix(i1, i2, i2 - i1, b - i2),
+                T::from_f64(-1.0),
+                layer.par,
+            );
+        }
+    }
+    Ok(mask)
+}
+
+/// The block's share of zeros, over all rows, by the OBS score w^2 / U_jj^2.
+fn block_mask<T: Real>(w: &[T], mask: &mut [bool], layer: &Layer<'_, T>, p: f64, i1: usize, i2: usize) {
+    let (c, b) = (layer.c, layer.b);
+    let r = cumulative_share(p, c, i2) - cumulative_share(p, c, i1);
+    let f = layer.factor;
+    let key = |k: usize, j: usize| {
+        let (x, d) = (w[k * b + i1 + j], f.diag(i1 + j));
+        (x * x / (d * d)).key()
+    };
+    let sel = smallest(c, i2 - i1, r, T::KEY_BITS, key);
+    mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
+        for j in 0..i2 - i1 {
+            row[i1 + j] = sel.contains(key(k, j), k, j);
+        }
+    });
+}
+
+/// The in-block OBS loop of every row; returns the scaled errors (c x bw).
+fn obs_columns<T: Real>(w: &mut [T], mask: &mut [bool], layer: &Layer<'_, T>, pattern: Pattern, i1: usize, i2: usize) -> Vec<T> {
+    let (b, bw) = (layer.b, i2 - i1);
+    let u = layer.factor.view();
+    let ub: Vec<T> = (0..bw * bw).map(|k| u[(i1 + k / bw, i1 + k % bw)]).collect();
+    let zero = T::from_f64(0.0);
+    let mut err = vec![zero; layer.c * bw];
+    w.par_chunks_mut(b)
+        .zip(mask.par_chunks_mut(b))
+        .zip(err.par_chunks_mut(bw))
+        .for_each(|((row, mrow), erow)| {
+            let (seg, mseg) = (&mut row[i1..i2], &mut mrow[i1..i2]);
+            for j in 0..bw {
+                if let Pattern::NM { n, m } = pattern {
+                    if j % m == 0 {
+                        let keys: Vec<u64> = (j..j + m)
+                            .map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key())
+                            .collect();
+                        smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
+                    }
+                }
+                if !mseg[j] {
+                    continue;
+                }
+                let e = seg[j] / ub[j * bw + j];
+                erow[j] = e;
+                let urow = &ub[j * bw + j + 1..(j + 1) * bw];
+                seg[j + 1..].iter_mut().zip(urow).for_each(|(x, &uu)| *x -= e * uu);
+                seg[j] = zero;
+            }
+        });
+    err
+}
+
+/// Columns by OBS saliency sum_i W_ij^2 / Hinv_jj, then the joint update.
+fn structured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
+    let (c, b) = (layer.c, layer.b);
+    let f = layer.factor;
+    let hinv_diag: Vec<f64> = (0..b)
+        .map(|j| f.u[j * b..(j + 1) * b].iter().map(|x| x.to_f64() * x.to_f64()).sum())
+        .collect();
+    let mut v = vec![0.0f64; b];
+    for row in w.chunks_exact(b) {
+        v.iter_mut().zip(row).for_each(|(acc, &x)| *acc += x.to_f64() * x.to_f64());
+    }
+    v.iter_mut().zip(&hinv_diag).for_each(|(acc, &d)| *acc /= d);
+    let cols = smallest_columns(&v, ceil_count(cfg.sparsity * b as f64));
+    remove_columns(w, layer, &cols, &vec![false; c])
+}

@@ -1,0 +1,190 @@
+//! Thanos (ALGORITHM.md): block-wise multi-weight removal.
+//!
+//! Per block [i1, i2): pick each row's set Q_k, solve the rows' small systems
+//! `lambda_k = G[Q_k,Q_k]^{-1} w[Q_k]` in parallel, scatter them into L, and
+//! apply every row's optimal update with ONE product `W[:, i1:] -= L R`,
+//! where `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse
+//! is ever recomputed.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
+use crate::error::{PruneError, Result};
+use crate::hessian::Factor;
+use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
+use crate::scalar::Real;
+use crate::solve::{solve_gathered, spd_solve_in_place, SolveScratch};
+
+/// Everything a Thanos or SparseGPT kernel reads besides W.
+pub struct Layer<'a, T> {
+    pub c: usize,
+    pub b: usize,
+    /// sqrt of the undamped diag(H): the Wanda/Thanos score is |W_ij| * hsqrt_j.
+    pub hsqrt: &'a [T],
+    pub factor: &'a Factor<T>,
+    pub par: Par,
+}
+
+/// Thanos for any pattern; `outliers` (rows kept dense) must be all false
+/// for unstructured.
+pub fn thanos<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, hdiag: &[f64], outliers: &[bool]) -> Result<Vec<bool>> {
+    Ok(match cfg.pattern {
+        Pattern::Unstructured => unstructured(w, layer, cfg),
+        Pattern::NM { n, m } => nm(w, layer, cfg, n, m, outliers),
+        Pattern::Structured => {
+            let scores = column_scores(w, hdiag, layer.b, outliers);
+            let cols = smallest_columns(&scores, structured_columns(cfg.sparsity, cfg.alpha, layer.b));
+            remove_columns(w, layer, &cols, outliers)?
+        }
+    })
+}
+
+fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Vec<bool> {
+    let (c, b) = (layer.c, layer.b);
+    let bs = cfg.block_for(b);
+    let target = target_zeros(cfg.sparsity, c, b);
+    let mut mask = vec![false; c * b];
+    let mut made = 0;
+    for i1 in (0..b).step_by(bs) {
+        let i2 = (i1 + bs).min(b);
+        // Global residual selection over every remaining column, kept to this block.
+        let wr: &[T] = w;
+        let key = |k: usize, j: usize| (wr[k * b + i1 + j].abs() * layer.hsqrt[i1 + j]).key();
+        let sel = smallest(c, b - i1, target - made, T::KEY_BITS, key);
+        mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
+            for j in 0..i2 - i1 {
+                row[i1 + j] = sel.contains(key(k, j), k, j);
+            }
+        });
+        made += mask.par_chunks(b).map(|row| row[i1..i2].iter().filter(|&&x| x).count()).sum::<usize>();
+        block_update(w, &mask, layer, i1, i2);
+    }
+    mask
+}
+
+fn nm<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, n: usize, m: usize, outliers: &[bool]) -> Vec<bool> {
+    let b = layer.b;
+    let bs = cfg.block_for(b);
+    let mut mask = vec![false; layer.c * b];
+    for i1 in (0..b).step_by(bs) {
+        let i2 = (i1 + bs).min(b);
+        let wr: &[T] = w;
+        mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each(|(k, row)| {
+            let keys: Vec<u64> =
+                (i1..i2).map(|j| (wr[k * b + j].abs() * layer.hsqrt[j]).key()).collect();
+            smallest_nm(&keys, n, m, &mut row[i1..i2]);
+        });
+        block_update(w, &mask, layer, i1, i2);
+    }
+    mask
+}
+
+/// Applies the optimal update of every row for its mask in [i1, i2).
+fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: usize, i2: usize) {
+    let (c, b) = (layer.c, layer.b);
+    let (bw, rest) = (i2 - i1, b - i1);
+    let u = layer.factor.view();
+    // R = U_blk^T U[i1:i2, i1:]  (bw x rest, row-major); G = R[:, :bw].
+    let mut r = vec![T::from_f64(0.0); bw * rest];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut r, bw, rest),
+        Accum::Replace,
+        u.submatrix(i1, i1, bw, bw).transpose(),
+        u.submatrix(i1, i1, bw, rest),
+        T::from_f64(1.0),
+        layer.par,
+    );
+    let mut l = vec![T::from_f64(0.0); c * bw];
+    let wr: &[T] = w;
+    l.par_chunks_mut(bw).enumerate().for_each_init(
+        || (Vec::new(), Vec::new(), SolveScratch::default()),
+        |(q, rhs, scratch), (k, lrow)| {
+            q.clear();
+            q.extend((0..bw).filter(|&j| mask[k * b + i1 + j]));
+            if q.is_empty() {
+                return;
+            }
+            rhs.clear();
+            rhs.extend(q.iter().map(|&j| wr[k * b + i1 + j]));
+            solve_row(&r, rest, q, rhs, scratch);
+            for (&j, &v) in q.iter().zip(rhs.iter()) {
+                lrow[j] = v;
+            }
+        },
+    );
+    let full = MatMut::from_row_major_slice_mut(w, c, b);
+    matmul(
+        full.submatrix_mut(0, i1, c, rest),
+        Accum::Add,
+        MatRef::from_row_major_slice(&l, c, bw),
+        MatRef::from_row_major_slice(&r, bw, rest),
+        T::from_f64(-1.0),
+        layer.par,
+    );
+    zero_masked(w, mask, b, i1, i2);
+}
+
+/// Solves in T, and falls back to f64 when rounding broke positive definiteness.
+fn solve_row<T: Real>(g: &[T], stride: usize, q: &[usize], rhs: &mut [T], scratch: &mut SolveScratch<T>) {
+    if solve_gathered(g, stride, q, rhs, scratch) {
+        return;
+    }
+    let g64: Vec<f64> = q
+        .iter()
+        .flat_map(|&i| q.iter().map(move |&j| g[i * stride + j].to_f64()))
+        .collect();
+    let idx: Vec<usize> = (0..q.len()).collect();
+    let mut x: Vec<f64> = rhs.iter().map(|v| v.to_f64()).collect();
+    let ok = solve_gathered(&g64, q.len(), &idx, &mut x, &mut SolveScratch::default());
+    debug_assert!(ok, "G[Q,Q] = A^T A with A of full column rank is SPD in f64");
+    rhs.iter_mut().zip(&x).for_each(|(r, &v)| *r = T::from_f64(v));
+}
+
+pub(crate) fn zero_masked<T: Real>(w: &mut [T], mask: &[bool], b: usize, i1: usize, i2: usize) {
+    let zero = T::from_f64(0.0);
+    w.par_chunks_mut(b).zip(mask.par_chunks(b)).for_each(|(row, mrow)| {
+        for j in i1..i2 {
+            if mrow[j] {
+                row[j] = zero;
+            }
+        }
+    });
+}
+
+/// Structured removal of the columns `cols` from the non-outlier rows with
+/// one shared solve: `Delta = -W[:, S] (Hinv[S,S])^{-1} Hinv[S, :]`.
+pub fn remove_columns<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cols: &[bool], outliers: &[bool]) -> Result<Vec<bool>> {
+    let (c, b) = (layer.c, layer.b);
+    let set: Vec<usize> = (0..b).filter(|&j| cols[j]).collect();
+    let rows: Vec<usize> = (0..c).filter(|&k| !outliers[k]).collect();
+    let mut mask = vec![false; c * b];
+    for &k in &rows {
+        set.iter().for_each(|&j| mask[k * b + j] = true);
+    }
+    if set.is_empty() || rows.is_empty() {
+        return Ok(mask);
+    }
+    let s = set.len();
+    let u = layer.factor.view();
+    // U[:, S] (b x s), then M = Hinv[S, :] = U[:, S]^T U (s x b).
+    let us = faer::Mat::<T>::from_fn(b, s, |i, a| u[(i, set[a])]);
+    let mut m = faer::Mat::<T>::zeros(s, b);
+    matmul(m.as_mut(), Accum::Replace, us.transpose(), u, T::from_f64(1.0), layer.par);
+    // Y^T = Hinv[S,S]^{-1} W[rows, S]^T via Cholesky of Hinv[S,S].
+    let mut hss = faer::Mat::<T>::from_fn(s, s, |a, bb| m[(a, set[bb])]);
+    let mut yt = faer::Mat::<T>::from_fn(s, rows.len(), |a, r| w[rows[r] * b + set[a]]);
+    if !spd_solve_in_place(hss.as_mut(), yt.as_mut(), layer.par) {
+        return Err(PruneError::NotPositiveDefinite { damp: layer.factor.damp });
+    }
+    let mut delta = faer::Mat::<T>::zeros(rows.len(), b);
+    matmul(delta.as_mut(), Accum::Replace, yt.transpose(), m.as_ref(), T::from_f64(1.0), layer.par);
+    let delta = delta.as_ref();
+    for (r, &k) in rows.iter().enumerate() {
+        let row = &mut w[k * b..(k + 1) * b];
+        row.iter_mut().enumerate().for_each(|(j, x)| *x -= delta[(r, j)]);
+    }
+    zero_masked(w, &mask, b, 0, b);
+    Ok(mask)
+}

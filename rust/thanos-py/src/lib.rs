@@ -1,0 +1,104 @@
+//! `thanos_rs._core`: Python bindings of thanos-core.
+//!
+//! Every function converts its arguments, releases the GIL, calls one core
+//! function and maps the error. Inputs are copied before the GIL is released
+//! (the kernels overwrite W and H anyway), so no other Python thread can
+//! write into memory the kernel is reading.
+
+mod errors;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use thanos_core::{Method, Pattern, PruneConfig, PruneError, Pruned, Real};
+
+type LayerOut<'py> = (Bound<'py, PyAny>, Bound<'py, PyArray2<bool>>, f64);
+
+/// Prunes one layer on the CPU. `weight` (c, b) and `hessian` (b, b) are
+/// C-contiguous float32 or float64 arrays of the same dtype; `kind` is
+/// "unstructured", "nm" or "structured". Returns (weight, mask, damp).
+#[pyfunction]
+#[pyo3(signature = (weight, hessian, method, kind, n, m, sparsity, alpha, block_size, damp))]
+#[allow(clippy::too_many_arguments)]
+fn prune_layer<'py>(
+    py: Python<'py>,
+    weight: &Bound<'py, PyAny>,
+    hessian: &Bound<'py, PyAny>,
+    method: &str,
+    kind: &str,
+    n: usize,
+    m: usize,
+    sparsity: f64,
+    alpha: f64,
+    block_size: usize,
+    damp: f64,
+) -> PyResult<LayerOut<'py>> {
+    let cfg = config(method, kind, n, m, sparsity, alpha, block_size, damp).map_err(|e| errors::to_pyerr(py, e))?;
+    if let Ok(w) = weight.extract::<PyReadonlyArray2<'py, f32>>() {
+        let h = hessian.extract::<PyReadonlyArray2<'py, f32>>()?;
+        return run(py, w, h, cfg);
+    }
+    let w = weight.extract::<PyReadonlyArray2<'py, f64>>()?;
+    let h = hessian.extract::<PyReadonlyArray2<'py, f64>>()?;
+    run(py, w, h, cfg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn config(method: &str, kind: &str, n: usize, m: usize, sparsity: f64, alpha: f64, block_size: usize, damp: f64) -> thanos_core::Result<PruneConfig> {
+    Ok(PruneConfig {
+        method: Method::parse(method)?,
+        pattern: Pattern::parse(kind, n, m)?,
+        sparsity,
+        alpha,
+        block_size,
+        damp,
+    })
+}
+
+fn run<'py, T: Real + numpy::Element>(
+    py: Python<'py>,
+    w: PyReadonlyArray2<'py, T>,
+    h: PyReadonlyArray2<'py, T>,
+    cfg: PruneConfig,
+) -> PyResult<LayerOut<'py>> {
+    let [c, b] = [w.shape()[0], w.shape()[1]];
+    if h.shape() != [b, b] {
+        return Err(errors::to_pyerr(py, PruneError::InvalidInput(format!("hessian must be ({b}, {b}), got {:?}", h.shape()))));
+    }
+    let mut wv = w.as_slice()?.to_vec();
+    let mut hv = h.as_slice()?.to_vec();
+    let (wv, pruned) = detach_call(py, move || {
+        thanos_core::prune_layer(&mut wv, &mut hv, c, b, &cfg).map(|p| (wv, p))
+    })?;
+    let Pruned { mask, damp } = pruned;
+    Ok((
+        wv.into_pyarray(py).reshape([c, b])?.into_any(),
+        mask.into_pyarray(py).reshape([c, b])?,
+        damp,
+    ))
+}
+
+/// Releases the GIL around a core call and maps its error or panic.
+fn detach_call<R: Send>(py: Python<'_>, f: impl FnOnce() -> thanos_core::Result<R> + Send) -> PyResult<R> {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(errors::to_pyerr(py, e)),
+        Err(payload) => Err(errors::panic_to_pyerr(py, payload)),
+    }
+}
+
+/// Number of threads the kernels use (rayon's global pool; set
+/// RAYON_NUM_THREADS before the first call to change it).
+#[pyfunction]
+fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(prune_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
