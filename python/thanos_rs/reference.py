@@ -67,9 +67,8 @@ def prepare_hessian(w: np.ndarray, h: np.ndarray, damp: float):
             if attempt < MAX_DAMP_RETRIES:
                 d *= 10
     raise HessianError(
-        f"Hessian is not positive definite even with damping {d:g} (x mean diagonal): "
-        "pass a larger damp, accumulate H in float64, or check the calibration "
-        "activations for overflow"
+        f"Hessian is not positive definite even with damping {d:g} x mean(diag(H)); check that "
+        "H = (2/n) X X^T was accumulated from finite activations, or pass a larger damp"
     )
 
 

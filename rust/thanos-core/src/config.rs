@@ -93,7 +93,7 @@ impl PruneConfig {
             return Err(invalid(format!("damp must be a finite number > 0, got {}", self.damp)));
         }
         if let Pattern::NM { n, m } = self.pattern {
-            if b % m != 0 {
+            if !b.is_multiple_of(m) {
                 return Err(invalid(format!(
                     "pattern {n}:{m} needs the input width to be a multiple of {m}, but the layer has {b} input columns"
                 )));

@@ -206,14 +206,10 @@ mod tests {
             .collect();
         for r in 0..=c * width {
             let sel = smallest(c, width, r, 32, |i, j| keys[i][j]);
-            let mut got = vec![];
-            for i in 0..c {
-                for j in 0..width {
-                    if sel.contains(keys[i][j], i, j) {
-                        got.push((i, j));
-                    }
-                }
-            }
+            let got: Vec<(usize, usize)> = (0..c)
+                .flat_map(|i| (0..width).map(move |j| (i, j)))
+                .filter(|&(i, j)| sel.contains(keys[i][j], i, j))
+                .collect();
             assert_eq!(got, brute(&keys, r), "r = {r}");
         }
     }

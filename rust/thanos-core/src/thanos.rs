@@ -6,6 +6,8 @@
 //! where `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse
 //! is ever recomputed.
 
+use std::cmp::Reverse;
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -15,7 +17,7 @@ use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
 use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
 use crate::scalar::Real;
-use crate::solve::{solve_gathered, spd_solve_in_place, SolveScratch};
+use crate::solve::{solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
 pub struct Layer<'a, T> {
@@ -96,24 +98,7 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
         T::from_f64(1.0),
         layer.par,
     );
-    let mut l = vec![T::from_f64(0.0); c * bw];
-    let wr: &[T] = w;
-    l.par_chunks_mut(bw).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), SolveScratch::default()),
-        |(q, rhs, scratch), (k, lrow)| {
-            q.clear();
-            q.extend((0..bw).filter(|&j| mask[k * b + i1 + j]));
-            if q.is_empty() {
-                return;
-            }
-            rhs.clear();
-            rhs.extend(q.iter().map(|&j| wr[k * b + i1 + j]));
-            solve_row(&r, rest, q, rhs, scratch);
-            for (&j, &v) in q.iter().zip(rhs.iter()) {
-                lrow[j] = v;
-            }
-        },
-    );
+    let l = solve_rows(w, mask, &r, layer, i1, i2);
     let full = MatMut::from_row_major_slice_mut(w, c, b);
     matmul(
         full.submatrix_mut(0, i1, c, rest),
@@ -126,20 +111,48 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
     zero_masked(w, mask, b, i1, i2);
 }
 
-/// Solves in T, and falls back to f64 when rounding broke positive definiteness.
-fn solve_row<T: Real>(g: &[T], stride: usize, q: &[usize], rhs: &mut [T], scratch: &mut SolveScratch<T>) {
-    if solve_gathered(g, stride, q, rhs, scratch) {
-        return;
-    }
-    let g64: Vec<f64> = q
-        .iter()
-        .flat_map(|&i| q.iter().map(move |&j| g[i * stride + j].to_f64()))
+/// L (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k, zero elsewhere.
+fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Vec<T> {
+    let (b, bw, rest) = (layer.b, i2 - i1, layer.b - i1);
+    let mut rows: Vec<(usize, Vec<usize>)> = (0..layer.c)
+        .into_par_iter()
+        .filter_map(|k| {
+            let q: Vec<usize> = (0..bw).filter(|&j| mask[k * b + i1 + j]).collect();
+            (!q.is_empty()).then_some((k, q))
+        })
         .collect();
-    let idx: Vec<usize> = (0..q.len()).collect();
-    let mut x: Vec<f64> = rhs.iter().map(|v| v.to_f64()).collect();
-    let ok = solve_gathered(&g64, q.len(), &idx, &mut x, &mut SolveScratch::default());
-    debug_assert!(ok, "G[Q,Q] = A^T A with A of full column rank is SPD in f64");
-    rhs.iter_mut().zip(&x).for_each(|(r, &v)| *r = T::from_f64(v));
+    // Largest systems first, so the rows sharing a batch need little padding.
+    rows.sort_by_key(|(k, q)| (Reverse(q.len()), *k));
+    let solved: Vec<Vec<Vec<T>>> = rows
+        .par_chunks(LANES)
+        .map_init(LaneScratch::default, |scratch, batch| {
+            let mut rhs: Vec<Vec<T>> = batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
+            let qs: Vec<&[usize]> = batch.iter().map(|(_, q)| q.as_slice()).collect();
+            let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
+            let failed = solve_lanes(r, rest, &qs, &mut views, scratch);
+            for (lane, (k, q)) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
+                rhs[lane] = solve_in_f64(r, rest, q, &w[k * b + i1..]);
+            }
+            rhs
+        })
+        .collect();
+    let mut l = vec![T::from_f64(0.0); layer.c * bw];
+    for ((k, q), lambda) in rows.iter().zip(solved.into_iter().flatten()) {
+        q.iter().zip(lambda).for_each(|(&j, v)| l[k * bw + j] = v);
+    }
+    l
+}
+
+/// Rounding in T broke positive definiteness of G[Q,Q] = A^T A (A has full
+/// column rank, so it is SPD): solve that row again in f64.
+fn solve_in_f64<T: Real>(g: &[T], stride: usize, q: &[usize], wrow: &[T]) -> Vec<T> {
+    let s = q.len();
+    let g64: Vec<f64> = q.iter().flat_map(|&i| q.iter().map(move |&j| g[i * stride + j].to_f64())).collect();
+    let idx: Vec<usize> = (0..s).collect();
+    let mut x: Vec<f64> = q.iter().map(|&j| wrow[j].to_f64()).collect();
+    let failed = solve_lanes(&g64, s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default());
+    debug_assert_eq!(failed, 0, "G[Q,Q] must be SPD in f64");
+    x.into_iter().map(T::from_f64).collect()
 }
 
 pub(crate) fn zero_masked<T: Real>(w: &mut [T], mask: &[bool], b: usize, i1: usize, i2: usize) {
