@@ -18,7 +18,10 @@ pub enum Method {
 pub enum Pattern {
     Unstructured,
     /// n zeros in every m consecutive weights of a row.
-    NM { n: usize, m: usize },
+    NM {
+        n: usize,
+        m: usize,
+    },
     /// Whole input columns.
     Structured,
 }
@@ -43,9 +46,7 @@ impl Method {
             "sparsegpt" => Ok(Method::SparseGpt),
             "wanda" => Ok(Method::Wanda),
             "magnitude" => Ok(Method::Magnitude),
-            _ => Err(invalid(format!(
-                "unknown method {name:?}: choose one of thanos, sparsegpt, wanda, magnitude"
-            ))),
+            _ => Err(invalid(format!("unknown method {name:?}: choose one of thanos, sparsegpt, wanda, magnitude"))),
         }
     }
 }
@@ -58,9 +59,7 @@ impl Pattern {
             "structured" => Ok(Pattern::Structured),
             "nm" if 0 < n && n < m => Ok(Pattern::NM { n, m }),
             "nm" => Err(invalid(format!("N:M pattern needs 0 < N < M, got {n}:{m}"))),
-            _ => Err(invalid(format!(
-                "unknown pattern {kind:?}: use unstructured, structured or N:M"
-            ))),
+            _ => Err(invalid(format!("unknown pattern {kind:?}: use unstructured, structured or N:M"))),
         }
     }
 }
@@ -72,10 +71,7 @@ impl PruneConfig {
             return Err(invalid(format!("weight must not be empty, got shape ({c}, {b})")));
         }
         if !(0.0..=1.0).contains(&self.sparsity) {
-            return Err(invalid(format!(
-                "sparsity must be a fraction in [0, 1], got {}",
-                self.sparsity
-            )));
+            return Err(invalid(format!("sparsity must be a fraction in [0, 1], got {}", self.sparsity)));
         }
         if !(0.0..1.0).contains(&self.alpha) {
             return Err(invalid(format!("alpha must be in [0, 1), got {}", self.alpha)));
@@ -150,9 +146,7 @@ mod tests {
         assert_eq!(ceil_count(0.7 * 10.0), 7);
         assert_eq!(structured_columns(0.3, 0.0, 10), 3);
         assert_eq!(n_outlier_rows(0.1, 64), 7);
-        let total: usize = (0..7)
-            .map(|k| cumulative_share(0.25, 10, k + 1) - cumulative_share(0.25, 10, k))
-            .sum();
+        let total: usize = (0..7).map(|k| cumulative_share(0.25, 10, k + 1) - cumulative_share(0.25, 10, k)).sum();
         assert_eq!(total, target_zeros(0.25, 7, 10));
     }
 

@@ -110,7 +110,8 @@ mod tests {
     fn inverse_of_trailing(h: &[f64], b: usize, i: usize, damp: f64) -> Vec<f64> {
         let n = b - i;
         let mean = (0..b).map(|j| h[j * b + j]).sum::<f64>() / b as f64;
-        let mut m = faer::Mat::<f64>::from_fn(n, n, |r, c| h[(i + r) * b + i + c] + if r == c { damp * mean } else { 0.0 });
+        let mut m =
+            faer::Mat::<f64>::from_fn(n, n, |r, c| h[(i + r) * b + i + c] + if r == c { damp * mean } else { 0.0 });
         let inv = m.as_mut().partial_piv_lu().inverse();
         (0..n * n).map(|k| inv[(k / n, k % n)]).collect()
     }

@@ -32,10 +32,8 @@ pub fn prune_layer<T: Real>(w: &mut [T], h: &mut [T], c: usize, b: usize, cfg: &
         Method::Wanda => Ok(Pruned { mask: wanda(w, &hsqrt, &hdiag, c, b, cfg), damp: 0.0 }),
         Method::Thanos | Method::SparseGpt => {
             let outliers = outlier_rows(w, &hdiag, c, b, n_outlier_rows(cfg.alpha, c));
-            let kept: Vec<(usize, Vec<T>)> = (0..c)
-                .filter(|&k| outliers[k])
-                .map(|k| (k, w[k * b..(k + 1) * b].to_vec()))
-                .collect();
+            let kept: Vec<(usize, Vec<T>)> =
+                (0..c).filter(|&k| outliers[k]).map(|k| (k, w[k * b..(k + 1) * b].to_vec())).collect();
             fix_dead(w, h, b);
             let par = Par::rayon(0);
             let f = factor(h, b, cfg.damp, par)?;

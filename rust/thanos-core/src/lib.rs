@@ -18,8 +18,8 @@ mod thanos;
 mod wanda;
 
 pub use config::{
-    ceil_count, cumulative_share, n_outlier_rows, round_half_up, structured_columns, target_zeros, Method,
-    Pattern, PruneConfig,
+    ceil_count, cumulative_share, n_outlier_rows, round_half_up, structured_columns, target_zeros, Method, Pattern,
+    PruneConfig,
 };
 pub use error::{PruneError, Result};
 pub use hessian::{factor, fix_dead, Factor, MAX_DAMP_RETRIES};

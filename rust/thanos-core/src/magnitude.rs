@@ -26,7 +26,8 @@ pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) ->
         }
         Pattern::Structured => {
             let ones = vec![1.0; b];
-            let cols = smallest_columns(&column_scores(wr, &ones, b, &vec![false; c]), ceil_count(cfg.sparsity * b as f64));
+            let cols =
+                smallest_columns(&column_scores(wr, &ones, b, &vec![false; c]), ceil_count(cfg.sparsity * b as f64));
             mask.chunks_exact_mut(b).for_each(|row| row.copy_from_slice(&cols));
         }
     }

@@ -97,17 +97,12 @@ fn nth_equal<F>(c: usize, width: usize, threshold: u64, need: usize, key: &F) ->
 where
     F: Fn(usize, usize) -> u64 + Sync,
 {
-    let per_row: Vec<usize> = (0..c)
-        .into_par_iter()
-        .map(|row| (0..width).filter(|&col| key(row, col) == threshold).count())
-        .collect();
+    let per_row: Vec<usize> =
+        (0..c).into_par_iter().map(|row| (0..width).filter(|&col| key(row, col) == threshold).count()).collect();
     let mut left = need;
     for (row, &count) in per_row.iter().enumerate() {
         if left <= count {
-            let col = (0..width)
-                .filter(|&col| key(row, col) == threshold)
-                .nth(left - 1)
-                .expect("counted above");
+            let col = (0..width).filter(|&col| key(row, col) == threshold).nth(left - 1).expect("counted above");
             return (row, col);
         }
         left -= count;
@@ -152,10 +147,8 @@ pub fn smallest_nm(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
 /// Thanos outlier rows: the ceil(alpha c) rows with the largest
 /// h_k = sum_j W_kj^2 H_jj, ties to the lower row. True = keep dense.
 pub fn outlier_rows<T: Real>(w: &[T], hdiag: &[f64], c: usize, b: usize, count: usize) -> Vec<bool> {
-    let h: Vec<f64> = w
-        .par_chunks(b)
-        .map(|row| row.iter().zip(hdiag).map(|(&x, &d)| x.to_f64() * x.to_f64() * d).sum())
-        .collect();
+    let h: Vec<f64> =
+        w.par_chunks(b).map(|row| row.iter().zip(hdiag).map(|(&x, &d)| x.to_f64() * x.to_f64() * d).sum()).collect();
     let mut order: Vec<usize> = (0..c).collect();
     order.sort_by(|&a, &bb| h[bb].total_cmp(&h[a]).then(a.cmp(&bb)));
     let mut out = vec![false; c];
@@ -186,11 +179,8 @@ mod tests {
     use super::*;
 
     fn brute(keys: &[Vec<u64>], r: usize) -> Vec<(usize, usize)> {
-        let mut all: Vec<(u64, usize, usize)> = keys
-            .iter()
-            .enumerate()
-            .flat_map(|(i, row)| row.iter().enumerate().map(move |(j, &k)| (k, i, j)))
-            .collect();
+        let mut all: Vec<(u64, usize, usize)> =
+            keys.iter().enumerate().flat_map(|(i, row)| row.iter().enumerate().map(move |(j, &k)| (k, i, j))).collect();
         all.sort();
         let mut sel: Vec<(usize, usize)> = all[..r].iter().map(|&(_, i, j)| (i, j)).collect();
         sel.sort();
@@ -201,9 +191,8 @@ mod tests {
     fn radix_select_matches_a_full_sort_with_ties() {
         let c = 7;
         let width = 9;
-        let keys: Vec<Vec<u64>> = (0..c)
-            .map(|i| (0..width).map(|j| ((i * 31 + j * 17) % 5) as u64 * 1_000_000 + 3).collect())
-            .collect();
+        let keys: Vec<Vec<u64>> =
+            (0..c).map(|i| (0..width).map(|j| ((i * 31 + j * 17) % 5) as u64 * 1_000_000 + 3).collect()).collect();
         for r in 0..=c * width {
             let sel = smallest(c, width, r, 32, |i, j| keys[i][j]);
             let got: Vec<(usize, usize)> = (0..c)

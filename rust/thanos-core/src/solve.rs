@@ -32,7 +32,13 @@ pub struct LaneScratch<T> {
 /// in place, where `Q_l = qs[l]` and `rhs[l]` has length |Q_l|. `g` is
 /// row-major with row stride `stride`. Returns a bit set of the lanes whose
 /// system was not numerically positive definite (their rhs is unspecified).
-pub fn solve_lanes<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &mut [&mut [T]], scratch: &mut LaneScratch<T>) -> u32 {
+pub fn solve_lanes<T: Real>(
+    g: &[T],
+    stride: usize,
+    qs: &[&[usize]],
+    rhs: &mut [&mut [T]],
+    scratch: &mut LaneScratch<T>,
+) -> u32 {
     assert!(qs.len() <= LANES && qs.len() == rhs.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -44,12 +50,24 @@ pub fn solve_lanes<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &mut [
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn solve_lanes_avx2<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &mut [&mut [T]], scratch: &mut LaneScratch<T>) -> u32 {
+unsafe fn solve_lanes_avx2<T: Real>(
+    g: &[T],
+    stride: usize,
+    qs: &[&[usize]],
+    rhs: &mut [&mut [T]],
+    scratch: &mut LaneScratch<T>,
+) -> u32 {
     solve_lanes_generic(g, stride, qs, rhs, scratch)
 }
 
 #[inline(always)]
-fn solve_lanes_generic<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &mut [&mut [T]], scratch: &mut LaneScratch<T>) -> u32 {
+fn solve_lanes_generic<T: Real>(
+    g: &[T],
+    stride: usize,
+    qs: &[&[usize]],
+    rhs: &mut [&mut [T]],
+    scratch: &mut LaneScratch<T>,
+) -> u32 {
     let s = qs.iter().map(|q| q.len()).max().unwrap_or(0);
     gather(g, stride, qs, rhs, s, scratch);
     let failed = cholesky(&mut scratch.a, s);
@@ -94,7 +112,12 @@ fn cholesky<T: Real>(a: &mut [Lanes<T>], s: usize) -> u32 {
         for l in 0..LANES {
             let d = a[k * s + k][l];
             // A failed lane continues on a unit pivot so the others finish.
-            let d = if d > zero && d.is_finite() { d.sqrt() } else { failed |= 1 << l; one };
+            let d = if d > zero && d.is_finite() {
+                d.sqrt()
+            } else {
+                failed |= 1 << l;
+                one
+            };
             a[k * s + k][l] = d;
             inv[l] = one / d;
         }
@@ -167,7 +190,13 @@ mod tests {
         let a: Vec<f64> = (0..n * n)
             .map(|k| {
                 let (i, j) = (k / n, k % n);
-                if i > j { 0.0 } else if i == j { 1.0 + (i % 3) as f64 } else { ((k * 37) % 11) as f64 / 11.0 - 0.5 }
+                if i > j {
+                    0.0
+                } else if i == j {
+                    1.0 + (i % 3) as f64
+                } else {
+                    ((k * 37) % 11) as f64 / 11.0 - 0.5
+                }
             })
             .collect();
         let mut g = vec![0.0; n * n];
@@ -184,7 +213,8 @@ mod tests {
         let n = 40;
         let g = gram(n);
         // Lanes with different index sets and sizes, one of them empty.
-        let qs: Vec<Vec<usize>> = (0..6).map(|l| (0..n).filter(|i| (i + l) % (l + 2) != 0).collect()).chain([vec![]]).collect();
+        let qs: Vec<Vec<usize>> =
+            (0..6).map(|l| (0..n).filter(|i| (i + l) % (l + 2) != 0).collect()).chain([vec![]]).collect();
         let want: Vec<Vec<f64>> = qs.iter().map(|q| q.iter().map(|&i| i as f64 - 7.0).collect()).collect();
         let mut got = want.clone();
         let q_refs: Vec<&[usize]> = qs.iter().map(|q| q.as_slice()).collect();

@@ -60,36 +60,39 @@ fn block_mask<T: Real>(w: &[T], mask: &mut [bool], layer: &Layer<'_, T>, p: f64,
 }
 
 /// The in-block OBS loop of every row; returns the scaled errors (c x bw).
-fn obs_columns<T: Real>(w: &mut [T], mask: &mut [bool], layer: &Layer<'_, T>, pattern: Pattern, i1: usize, i2: usize) -> Vec<T> {
+fn obs_columns<T: Real>(
+    w: &mut [T],
+    mask: &mut [bool],
+    layer: &Layer<'_, T>,
+    pattern: Pattern,
+    i1: usize,
+    i2: usize,
+) -> Vec<T> {
     let (b, bw) = (layer.b, i2 - i1);
     let u = layer.factor.view();
     let ub: Vec<T> = (0..bw * bw).map(|k| u[(i1 + k / bw, i1 + k % bw)]).collect();
     let zero = T::from_f64(0.0);
     let mut err = vec![zero; layer.c * bw];
-    w.par_chunks_mut(b)
-        .zip(mask.par_chunks_mut(b))
-        .zip(err.par_chunks_mut(bw))
-        .for_each(|((row, mrow), erow)| {
-            let (seg, mseg) = (&mut row[i1..i2], &mut mrow[i1..i2]);
-            for j in 0..bw {
-                if let Pattern::NM { n, m } = pattern {
-                    if j % m == 0 {
-                        let keys: Vec<u64> = (j..j + m)
-                            .map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key())
-                            .collect();
-                        smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
-                    }
+    w.par_chunks_mut(b).zip(mask.par_chunks_mut(b)).zip(err.par_chunks_mut(bw)).for_each(|((row, mrow), erow)| {
+        let (seg, mseg) = (&mut row[i1..i2], &mut mrow[i1..i2]);
+        for j in 0..bw {
+            if let Pattern::NM { n, m } = pattern {
+                if j % m == 0 {
+                    let keys: Vec<u64> =
+                        (j..j + m).map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key()).collect();
+                    smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
                 }
-                if !mseg[j] {
-                    continue;
-                }
-                let e = seg[j] / ub[j * bw + j];
-                erow[j] = e;
-                let urow = &ub[j * bw + j + 1..(j + 1) * bw];
-                seg[j + 1..].iter_mut().zip(urow).for_each(|(x, &uu)| *x -= e * uu);
-                seg[j] = zero;
             }
-        });
+            if !mseg[j] {
+                continue;
+            }
+            let e = seg[j] / ub[j * bw + j];
+            erow[j] = e;
+            let urow = &ub[j * bw + j + 1..(j + 1) * bw];
+            seg[j + 1..].iter_mut().zip(urow).for_each(|(x, &uu)| *x -= e * uu);
+            seg[j] = zero;
+        }
+    });
     err
 }
 
@@ -97,9 +100,8 @@ fn obs_columns<T: Real>(w: &mut [T], mask: &mut [bool], layer: &Layer<'_, T>, pa
 fn structured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
     let (c, b) = (layer.c, layer.b);
     let f = layer.factor;
-    let hinv_diag: Vec<f64> = (0..b)
-        .map(|j| f.u[j * b..(j + 1) * b].iter().map(|x| x.to_f64() * x.to_f64()).sum())
-        .collect();
+    let hinv_diag: Vec<f64> =
+        (0..b).map(|j| f.u[j * b..(j + 1) * b].iter().map(|x| x.to_f64() * x.to_f64()).sum()).collect();
     let mut v = vec![0.0f64; b];
     for row in w.chunks_exact(b) {
         v.iter_mut().zip(row).for_each(|(acc, &x)| *acc += x.to_f64() * x.to_f64());

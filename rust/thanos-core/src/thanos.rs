@@ -31,7 +31,13 @@ pub struct Layer<'a, T> {
 
 /// Thanos for any pattern; `outliers` (rows kept dense) must be all false
 /// for unstructured.
-pub fn thanos<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, hdiag: &[f64], outliers: &[bool]) -> Result<Vec<bool>> {
+pub fn thanos<T: Real>(
+    w: &mut [T],
+    layer: &Layer<'_, T>,
+    cfg: &PruneConfig,
+    hdiag: &[f64],
+    outliers: &[bool],
+) -> Result<Vec<bool>> {
     Ok(match cfg.pattern {
         Pattern::Unstructured => unstructured(w, layer, cfg),
         Pattern::NM { n, m } => nm(w, layer, cfg, n, m, outliers),
@@ -66,7 +72,14 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
     mask
 }
 
-fn nm<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, n: usize, m: usize, outliers: &[bool]) -> Vec<bool> {
+fn nm<T: Real>(
+    w: &mut [T],
+    layer: &Layer<'_, T>,
+    cfg: &PruneConfig,
+    n: usize,
+    m: usize,
+    outliers: &[bool],
+) -> Vec<bool> {
     let b = layer.b;
     let bs = cfg.block_for(b);
     let mut mask = vec![false; layer.c * b];
@@ -74,8 +87,7 @@ fn nm<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, n: usize, m
         let i2 = (i1 + bs).min(b);
         let wr: &[T] = w;
         mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each(|(k, row)| {
-            let keys: Vec<u64> =
-                (i1..i2).map(|j| (wr[k * b + j].abs() * layer.hsqrt[j]).key()).collect();
+            let keys: Vec<u64> = (i1..i2).map(|j| (wr[k * b + j].abs() * layer.hsqrt[j]).key()).collect();
             smallest_nm(&keys, n, m, &mut row[i1..i2]);
         });
         block_update(w, &mask, layer, i1, i2);
@@ -126,7 +138,8 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
     let solved: Vec<Vec<Vec<T>>> = rows
         .par_chunks(LANES)
         .map_init(LaneScratch::default, |scratch, batch| {
-            let mut rhs: Vec<Vec<T>> = batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
+            let mut rhs: Vec<Vec<T>> =
+                batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
             let qs: Vec<&[usize]> = batch.iter().map(|(_, q)| q.as_slice()).collect();
             let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
             let failed = solve_lanes(r, rest, &qs, &mut views, scratch);
@@ -168,7 +181,12 @@ pub(crate) fn zero_masked<T: Real>(w: &mut [T], mask: &[bool], b: usize, i1: usi
 
 /// Structured removal of the columns `cols` from the non-outlier rows with
 /// one shared solve: `Delta = -W[:, S] (Hinv[S,S])^{-1} Hinv[S, :]`.
-pub fn remove_columns<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cols: &[bool], outliers: &[bool]) -> Result<Vec<bool>> {
+pub fn remove_columns<T: Real>(
+    w: &mut [T],
+    layer: &Layer<'_, T>,
+    cols: &[bool],
+    outliers: &[bool],
+) -> Result<Vec<bool>> {
     let (c, b) = (layer.c, layer.b);
     let set: Vec<usize> = (0..b).filter(|&j| cols[j]).collect();
     let rows: Vec<usize> = (0..c).filter(|&k| !outliers[k]).collect();

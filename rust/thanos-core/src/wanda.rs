@@ -12,7 +12,8 @@ pub fn wanda<T: Real>(w: &mut [T], hsqrt: &[T], hdiag: &[f64], c: usize, b: usiz
     let mut mask = vec![false; c * b];
     match cfg.pattern {
         Pattern::Structured => {
-            let cols = smallest_columns(&column_scores(w, hdiag, b, &vec![false; c]), ceil_count(cfg.sparsity * b as f64));
+            let cols =
+                smallest_columns(&column_scores(w, hdiag, b, &vec![false; c]), ceil_count(cfg.sparsity * b as f64));
             mask.chunks_exact_mut(b).for_each(|row| row.copy_from_slice(&cols));
         }
         pattern => {

@@ -45,7 +45,16 @@ fn prune_layer<'py>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config(method: &str, kind: &str, n: usize, m: usize, sparsity: f64, alpha: f64, block_size: usize, damp: f64) -> thanos_core::Result<PruneConfig> {
+fn config(
+    method: &str,
+    kind: &str,
+    n: usize,
+    m: usize,
+    sparsity: f64,
+    alpha: f64,
+    block_size: usize,
+    damp: f64,
+) -> thanos_core::Result<PruneConfig> {
     Ok(PruneConfig {
         method: Method::parse(method)?,
         pattern: Pattern::parse(kind, n, m)?,
@@ -64,19 +73,17 @@ fn run<'py, T: Real + numpy::Element>(
 ) -> PyResult<LayerOut<'py>> {
     let [c, b] = [w.shape()[0], w.shape()[1]];
     if h.shape() != [b, b] {
-        return Err(errors::to_pyerr(py, PruneError::InvalidInput(format!("hessian must be ({b}, {b}), got {:?}", h.shape()))));
+        return Err(errors::to_pyerr(
+            py,
+            PruneError::InvalidInput(format!("hessian must be ({b}, {b}), got {:?}", h.shape())),
+        ));
     }
     let mut wv = w.as_slice()?.to_vec();
     let mut hv = h.as_slice()?.to_vec();
-    let (wv, pruned) = detach_call(py, move || {
-        thanos_core::prune_layer(&mut wv, &mut hv, c, b, &cfg).map(|p| (wv, p))
-    })?;
+    let (wv, pruned) =
+        detach_call(py, move || thanos_core::prune_layer(&mut wv, &mut hv, c, b, &cfg).map(|p| (wv, p)))?;
     let Pruned { mask, damp } = pruned;
-    Ok((
-        wv.into_pyarray(py).reshape([c, b])?.into_any(),
-        mask.into_pyarray(py).reshape([c, b])?,
-        damp,
-    ))
+    Ok((wv.into_pyarray(py).reshape([c, b])?.into_any(), mask.into_pyarray(py).reshape([c, b])?, damp))
 }
 
 /// Releases the GIL around a core call and maps its error or panic.
