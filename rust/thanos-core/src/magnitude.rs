@@ -12,10 +12,10 @@ pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) ->
     let wr: &[T] = w;
     match cfg.pattern {
         Pattern::Unstructured => {
-            let key = |k: usize, j: usize| wr[k * b + j].abs().key();
-            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), T::KEY_BITS, key);
-            mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
-                row.iter_mut().enumerate().for_each(|(j, x)| *x = sel.contains(key(k, j), k, j));
+            let fill = |k: usize, buf: &mut Vec<u64>| buf.extend(wr[k * b..(k + 1) * b].iter().map(|x| x.abs().key()));
+            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), T::KEY_BITS, fill);
+            mask.par_chunks_mut(b).zip(wr.par_chunks(b)).enumerate().for_each(|(k, (row, wrow))| {
+                row.iter_mut().zip(wrow).enumerate().for_each(|(j, (x, v))| *x = sel.contains(v.abs().key(), k, j));
             });
         }
         Pattern::NM { n, m } => {

@@ -34,11 +34,13 @@ impl Smallest {
     }
 }
 
-/// Selects the `r` smallest of `key(row, col)` over a c x width region.
+/// Selects the `r` smallest keys over a c x width region, where
+/// `fill(row, buf)` appends the `width` keys of one row to `buf` (so callers
+/// compute keys a row at a time, which vectorises).
 /// `key_bits` is the width of the keys (32 for f32 scores, 64 for f64).
-pub fn smallest<F>(c: usize, width: usize, r: usize, key_bits: u32, key: F) -> Smallest
+pub fn smallest<F>(c: usize, width: usize, r: usize, key_bits: u32, fill: F) -> Smallest
 where
-    F: Fn(usize, usize) -> u64 + Sync,
+    F: Fn(usize, &mut Vec<u64>) + Sync,
 {
     let n = c * width;
     if r == 0 || n == 0 {
@@ -50,15 +52,17 @@ where
     let shift = key_bits - DIGIT_BITS;
     let hist = (0..c)
         .into_par_iter()
+        .with_min_len(16)
         .fold(
-            || vec![0u64; 1 << DIGIT_BITS],
-            |mut h, row| {
-                for col in 0..width {
-                    h[(key(row, col) >> shift) as usize] += 1;
-                }
-                h
+            || (vec![0u64; 1 << DIGIT_BITS], Vec::with_capacity(width)),
+            |(mut h, mut buf), row| {
+                buf.clear();
+                fill(row, &mut buf);
+                buf.iter().for_each(|&k| h[(k >> shift) as usize] += 1);
+                (h, buf)
             },
         )
+        .map(|(h, _)| h)
         .reduce_with(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
             a
@@ -67,17 +71,25 @@ where
     let (bucket, below) = bucket_of_rank(&hist, r);
     let mut cands: Vec<u64> = (0..c)
         .into_par_iter()
-        .flat_map_iter(|row| {
-            let key = &key;
-            (0..width).map(move |col| key(row, col)).filter(move |k| (k >> shift) as usize == bucket)
-        })
+        .with_min_len(16)
+        .fold(
+            || (Vec::new(), Vec::with_capacity(width)),
+            |(mut out, mut buf): (Vec<u64>, Vec<u64>), row| {
+                buf.clear();
+                fill(row, &mut buf);
+                out.extend(buf.iter().filter(|&&k| (k >> shift) as usize == bucket));
+                (out, buf)
+            },
+        )
+        .map(|(out, _)| out)
+        .flatten_iter()
         .collect();
     let rank = r - below as usize; // 1-based rank inside the bucket
     let (_, &mut threshold, _) = cands.select_nth_unstable(rank - 1);
     let less = below as usize + cands.iter().filter(|&&k| k < threshold).count();
     let equal = cands.iter().filter(|&&k| k == threshold).count();
     let need = r - less;
-    let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, &key));
+    let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, &fill));
     Smallest { threshold, cutoff, empty: false }
 }
 
@@ -92,17 +104,23 @@ fn bucket_of_rank(hist: &[u64], r: usize) -> (usize, u64) {
     unreachable!("rank {r} is beyond the histogram total {below}")
 }
 
-/// Position of the `need`-th entry equal to `threshold` in row-major order.
-fn nth_equal<F>(c: usize, width: usize, threshold: u64, need: usize, key: &F) -> (usize, usize)
+/// Position of the `need`-th key equal to `threshold` in row-major order.
+fn nth_equal<F>(c: usize, width: usize, threshold: u64, need: usize, fill: &F) -> (usize, usize)
 where
-    F: Fn(usize, usize) -> u64 + Sync,
+    F: Fn(usize, &mut Vec<u64>) + Sync,
 {
+    let row_keys = |row: usize| {
+        let mut buf = Vec::with_capacity(width);
+        fill(row, &mut buf);
+        buf
+    };
     let per_row: Vec<usize> =
-        (0..c).into_par_iter().map(|row| (0..width).filter(|&col| key(row, col) == threshold).count()).collect();
+        (0..c).into_par_iter().map(|row| row_keys(row).iter().filter(|&&k| k == threshold).count()).collect();
     let mut left = need;
     for (row, &count) in per_row.iter().enumerate() {
         if left <= count {
-            let col = (0..width).filter(|&col| key(row, col) == threshold).nth(left - 1).expect("counted above");
+            let keys = row_keys(row);
+            let col = (0..width).filter(|&col| keys[col] == threshold).nth(left - 1).expect("counted above");
             return (row, col);
         }
         left -= count;
@@ -194,7 +212,7 @@ mod tests {
         let keys: Vec<Vec<u64>> =
             (0..c).map(|i| (0..width).map(|j| ((i * 31 + j * 17) % 5) as u64 * 1_000_000 + 3).collect()).collect();
         for r in 0..=c * width {
-            let sel = smallest(c, width, r, 32, |i, j| keys[i][j]);
+            let sel = smallest(c, width, r, 32, |i, buf| buf.extend(&keys[i]));
             let got: Vec<(usize, usize)> = (0..c)
                 .flat_map(|i| (0..width).map(move |j| (i, j)))
                 .filter(|&(i, j)| sel.contains(keys[i][j], i, j))

@@ -14,6 +14,9 @@ pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
     /// An integer that orders like the value, for non-negative finite values:
     /// the IEEE bit pattern. Selections work on these keys (radix select).
     fn key(self) -> u64;
+    /// `c - a * b`, fused (one rounding) when `FUSED`; only pass true where
+    /// the CPU's FMA feature is enabled, or it becomes a slow libm call.
+    fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -42,6 +45,14 @@ impl Real for f32 {
     fn key(self) -> u64 {
         self.to_bits() as u64
     }
+    #[inline(always)]
+    fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self {
+        if FUSED {
+            f32::mul_add(-a, b, c)
+        } else {
+            c - a * b
+        }
+    }
 }
 
 impl Real for f64 {
@@ -69,5 +80,13 @@ impl Real for f64 {
     #[inline(always)]
     fn key(self) -> u64 {
         self.to_bits()
+    }
+    #[inline(always)]
+    fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self {
+        if FUSED {
+            f64::mul_add(-a, b, c)
+        } else {
+            c - a * b
+        }
     }
 }

@@ -17,7 +17,7 @@ use faer::{MatMut, Par};
 use crate::scalar::Real;
 
 /// Rows solved together.
-pub const LANES: usize = 8;
+pub const LANES: usize = 16;
 
 type Lanes<T> = [T; LANES];
 
@@ -41,11 +41,30 @@ pub fn solve_lanes<T: Real>(
 ) -> u32 {
     assert!(qs.len() <= LANES && qs.len() == rhs.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected on this CPU.
-        return unsafe { solve_lanes_avx2(g, stride, qs, rhs, scratch) };
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("fma") {
+            // SAFETY: the features were just detected on this CPU.
+            return unsafe { solve_lanes_avx512(g, stride, qs, rhs, scratch) };
+        }
+        if has!("avx2") && has!("fma") {
+            // SAFETY: as above.
+            return unsafe { solve_lanes_avx2(g, stride, qs, rhs, scratch) };
+        }
     }
-    solve_lanes_generic(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, false>(g, stride, qs, rhs, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn solve_lanes_avx512<T: Real>(
+    g: &[T],
+    stride: usize,
+    qs: &[&[usize]],
+    rhs: &mut [&mut [T]],
+    scratch: &mut LaneScratch<T>,
+) -> u32 {
+    solve_lanes_generic::<T, true>(g, stride, qs, rhs, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -57,11 +76,11 @@ unsafe fn solve_lanes_avx2<T: Real>(
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
-    solve_lanes_generic(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, true>(g, stride, qs, rhs, scratch)
 }
 
 #[inline(always)]
-fn solve_lanes_generic<T: Real>(
+fn solve_lanes_generic<T: Real, const FUSED: bool>(
     g: &[T],
     stride: usize,
     qs: &[&[usize]],
@@ -70,100 +89,164 @@ fn solve_lanes_generic<T: Real>(
 ) -> u32 {
     let s = qs.iter().map(|q| q.len()).max().unwrap_or(0);
     gather(g, stride, qs, rhs, s, scratch);
-    let failed = cholesky(&mut scratch.a, s);
-    forward(&scratch.a, s, &mut scratch.x);
-    backward(&scratch.a, s, &mut scratch.x);
+    let failed = cholesky::<T, FUSED>(&mut scratch.a, s);
+    forward::<T, FUSED>(&scratch.a, s, &mut scratch.x);
+    backward::<T, FUSED>(&scratch.a, s, &mut scratch.x);
     for (l, r) in rhs.iter_mut().enumerate() {
-        r.iter_mut().zip(&scratch.x).for_each(|(v, x)| *v = x[l]);
+        for (v, x) in r.iter_mut().zip(&scratch.x) {
+            *v = x[l];
+        }
     }
     failed & ((1u32 << qs.len()) - 1)
 }
 
-/// Lower triangle of every lane's G[Q,Q] (identity-padded to s) and its rhs.
+/// Start of row i of a packed lower triangle.
+#[inline(always)]
+fn row(i: usize) -> usize {
+    i * (i + 1) / 2
+}
+
+// The lane loops below are plain `for` loops on purpose: closures do not
+// inherit the caller's `#[target_feature]`s, so `for_each(|l| ..)` or
+// `array::from_fn` would compile to baseline SSE2 and libm `fmaf` calls.
+
+/// `acc[l] -= x[l] * y[l]` for every lane.
+#[inline(always)]
+fn fnmadd<T: Real, const FUSED: bool>(acc: &mut Lanes<T>, x: &Lanes<T>, y: &Lanes<T>) {
+    for l in 0..LANES {
+        acc[l] = T::mul_sub::<FUSED>(x[l], y[l], acc[l]);
+    }
+}
+
+/// Lower triangle of every lane's G[Q,Q] (identity-padded to s), packed by
+/// rows, and its rhs.
 #[inline(always)]
 fn gather<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     scratch.a.clear();
-    scratch.a.resize(s * s, [zero; LANES]);
+    scratch.a.resize(row(s), [zero; LANES]);
     scratch.x.clear();
     scratch.x.resize(s, [zero; LANES]);
     for (l, q) in qs.iter().enumerate() {
         for (i, &qi) in q.iter().enumerate() {
-            let row = &g[qi * stride..];
-            for (j, &qj) in q[..=i].iter().enumerate() {
-                scratch.a[i * s + j][l] = row[qj];
+            let grow = &g[qi * stride..];
+            let ai = &mut scratch.a[row(i)..row(i) + i + 1];
+            for (v, &qj) in ai.iter_mut().zip(&q[..=i]) {
+                v[l] = grow[qj];
             }
             scratch.x[i][l] = rhs[l][i];
         }
     }
     for l in 0..LANES {
         let len = qs.get(l).map_or(0, |q| q.len());
-        (len..s).for_each(|i| scratch.a[i * s + i][l] = one);
+        for i in len..s {
+            scratch.a[row(i) + i][l] = one;
+        }
     }
 }
 
-/// Right-looking Cholesky of each lane, lower triangle of `a` (row-major s x s).
+/// Left-looking Cholesky of each lane, in place on the packed lower triangle.
+/// Entry (i, j) is one inner product of the prefixes of rows i and j, kept in
+/// registers; up to four entries of a row share the loads of row i.
 #[inline(always)]
-fn cholesky<T: Real>(a: &mut [Lanes<T>], s: usize) -> u32 {
+fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     let mut failed = 0u32;
-    for k in 0..s {
-        let mut inv = [zero; LANES];
-        for l in 0..LANES {
-            let d = a[k * s + k][l];
+    for i in 0..s {
+        let (done, rest) = a.split_at_mut(row(i));
+        let ai = &mut rest[..i + 1];
+        let mut j = 0;
+        while j + 4 <= i {
+            let (r0, r1, r2, r3) = (row(j), row(j + 1), row(j + 2), row(j + 3));
+            let mut acc = [ai[j], ai[j + 1], ai[j + 2], ai[j + 3]];
+            for k in 0..j {
+                let lik = &ai[k];
+                fnmadd::<T, FUSED>(&mut acc[0], lik, &done[r0 + k]);
+                fnmadd::<T, FUSED>(&mut acc[1], lik, &done[r1 + k]);
+                fnmadd::<T, FUSED>(&mut acc[2], lik, &done[r2 + k]);
+                fnmadd::<T, FUSED>(&mut acc[3], lik, &done[r3 + k]);
+            }
+            for (u, rj) in [r0, r1, r2, r3].into_iter().enumerate() {
+                finish_entry::<T, FUSED>(ai, done, &mut acc[u], j, u, rj);
+            }
+            j += 4;
+        }
+        while j < i {
+            let rj = row(j);
+            let mut acc = ai[j];
+            for k in 0..j {
+                fnmadd::<T, FUSED>(&mut acc, &ai[k], &done[rj + k]);
+            }
+            finish_entry::<T, FUSED>(ai, done, &mut acc, j, 0, rj);
+            j += 1;
+        }
+        let mut d = ai[i];
+        for lik in &ai[..i] {
+            fnmadd::<T, FUSED>(&mut d, lik, lik);
+        }
+        for (l, dl) in d.iter_mut().enumerate() {
             // A failed lane continues on a unit pivot so the others finish.
-            let d = if d > zero && d.is_finite() {
-                d.sqrt()
+            if *dl > zero && dl.is_finite() {
+                *dl = dl.sqrt();
             } else {
                 failed |= 1 << l;
-                one
-            };
-            a[k * s + k][l] = d;
-            inv[l] = one / d;
-        }
-        for i in k + 1..s {
-            let v = &mut a[i * s + k];
-            (0..LANES).for_each(|l| v[l] *= inv[l]);
-        }
-        for i in k + 1..s {
-            let lik = a[i * s + k];
-            for j in k + 1..=i {
-                let ljk = a[j * s + k];
-                let v = &mut a[i * s + j];
-                (0..LANES).for_each(|l| v[l] -= lik[l] * ljk[l]);
+                *dl = one;
             }
         }
+        ai[i] = d;
     }
     failed
 }
 
+/// Entry (i, j0 + u): the terms k in j0..j0+u that the shared loop left out,
+/// then the division by the pivot of row j0 + u (which starts at `rj`).
+#[inline(always)]
+fn finish_entry<T: Real, const FUSED: bool>(
+    ai: &mut [Lanes<T>],
+    done: &[Lanes<T>],
+    acc: &mut Lanes<T>,
+    j0: usize,
+    u: usize,
+    rj: usize,
+) {
+    for v in 0..u {
+        fnmadd::<T, FUSED>(acc, &ai[j0 + v], &done[rj + j0 + v]);
+    }
+    let d = &done[rj + j0 + u];
+    for l in 0..LANES {
+        acc[l] /= d[l];
+    }
+    ai[j0 + u] = *acc;
+}
+
 /// L y = b for every lane, in place.
 #[inline(always)]
-fn forward<T: Real>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
     for i in 0..s {
+        let ai = &a[row(i)..row(i) + i + 1];
         let mut v = x[i];
-        for j in 0..i {
-            let (lij, xj) = (a[i * s + j], x[j]);
-            (0..LANES).for_each(|l| v[l] -= lij[l] * xj[l]);
+        for (lij, xj) in ai[..i].iter().zip(&x[..i]) {
+            fnmadd::<T, FUSED>(&mut v, lij, xj);
         }
-        let d = a[i * s + i];
-        (0..LANES).for_each(|l| v[l] /= d[l]);
+        for l in 0..LANES {
+            v[l] /= ai[i][l];
+        }
         x[i] = v;
     }
 }
 
 /// L^T x = y for every lane, in place, as column updates so L is read by rows.
 #[inline(always)]
-fn backward<T: Real>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+fn backward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
     for i in (0..s).rev() {
-        let d = a[i * s + i];
+        let ai = &a[row(i)..row(i) + i + 1];
         let mut v = x[i];
-        (0..LANES).for_each(|l| v[l] /= d[l]);
+        for l in 0..LANES {
+            v[l] /= ai[i][l];
+        }
         x[i] = v;
-        for j in 0..i {
-            let lij = a[i * s + j];
-            let xj = &mut x[j];
-            (0..LANES).for_each(|l| xj[l] -= lij[l] * v[l]);
+        for (lij, xj) in ai[..i].iter().zip(x[..i].iter_mut()) {
+            fnmadd::<T, FUSED>(xj, lij, &v);
         }
     }
 }

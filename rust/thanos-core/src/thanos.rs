@@ -59,11 +59,15 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
         let i2 = (i1 + bs).min(b);
         // Global residual selection over every remaining column, kept to this block.
         let wr: &[T] = w;
-        let key = |k: usize, j: usize| (wr[k * b + i1 + j].abs() * layer.hsqrt[i1 + j]).key();
-        let sel = smallest(c, b - i1, target - made, T::KEY_BITS, key);
+        let fill = |k: usize, buf: &mut Vec<u64>| {
+            let row = &wr[k * b + i1..(k + 1) * b];
+            buf.extend(row.iter().zip(&layer.hsqrt[i1..]).map(|(&x, &s)| (x.abs() * s).key()));
+        };
+        let sel = smallest(c, b - i1, target - made, T::KEY_BITS, fill);
         mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
             for j in 0..i2 - i1 {
-                row[i1 + j] = sel.contains(key(k, j), k, j);
+                let key = (wr[k * b + i1 + j].abs() * layer.hsqrt[i1 + j]).key();
+                row[i1 + j] = sel.contains(key, k, j);
             }
         });
         made += mask.par_chunks(b).map(|row| row[i1..i2].iter().filter(|&&x| x).count()).sum::<usize>();
@@ -135,6 +139,8 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
         .collect();
     // Largest systems first, so the rows sharing a batch need little padding.
     rows.sort_by_key(|(k, q)| (Reverse(q.len()), *k));
+    // G = R[:, :bw], copied compact so the gathers stay within a few pages.
+    let g: Vec<T> = r.chunks_exact(rest).flat_map(|row| row[..bw].iter().copied()).collect();
     let solved: Vec<Vec<Vec<T>>> = rows
         .par_chunks(LANES)
         .map_init(LaneScratch::default, |scratch, batch| {
@@ -142,9 +148,9 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
                 batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
             let qs: Vec<&[usize]> = batch.iter().map(|(_, q)| q.as_slice()).collect();
             let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
-            let failed = solve_lanes(r, rest, &qs, &mut views, scratch);
+            let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
             for (lane, (k, q)) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
-                rhs[lane] = solve_in_f64(r, rest, q, &w[k * b + i1..]);
+                rhs[lane] = solve_in_f64(&g, bw, q, &w[k * b + i1..]);
             }
             rhs
         })
