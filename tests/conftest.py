@@ -82,6 +82,24 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``<repo>/../shared/fixtures``."""
+    return fixture_path()
+
+
+@pytest.fixture(scope="session")
+def stories_model_dir() -> Path:
+    """The real pretrained stories260k Llama, in Hugging Face format."""
+    return fixture_path("stories260k")
+
+
+@pytest.fixture(scope="session")
+def stories_text_file() -> Path:
+    """500 TinyStories validation stories, each followed by a line ``<|endoftext|>``."""
+    return fixture_path("text", "tinystories_valid_500.txt")
+
+
+@pytest.fixture(scope="session")
 def stories_tokenizer():
     from transformers import AutoTokenizer
 

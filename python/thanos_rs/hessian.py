@@ -1,0 +1,48 @@
+"""The layer Hessian ``H = (2/n) sum_t x_t x_t^T``, accumulated as a running mean.
+
+Exactly as ALGORITHM.md (and SparseGPT) does: after ``n`` tokens, a batch of
+``k`` more gives ``H <- H*n/(n+k) + (2/(n+k)) X_k X_k^T``. ``n`` counts tokens
+(every position of every sequence), so H does not grow with the amount of
+calibration data and float32 keeps its precision however many batches come.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+__all__ = ["HessianAccumulator", "HESSIAN_DTYPES"]
+
+HESSIAN_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class HessianAccumulator:
+    """Streams the inputs of one linear layer into its (b, b) Hessian."""
+
+    def __init__(self, width: int, device: torch.device | str = "cpu", dtype: str = "float32"):
+        if dtype not in HESSIAN_DTYPES:
+            raise InputError(f"hessian dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = HESSIAN_DTYPES[dtype]
+        self.hessian = torch.zeros(width, width, dtype=self.dtype, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Fold in a batch of inputs ``x`` of shape (..., b): every leading index is a token."""
+        x = x.detach().reshape(-1, x.shape[-1]).to(device=self.hessian.device, dtype=self.dtype)
+        k = x.shape[0]
+        if k == 0:
+            return
+        n = self.tokens
+        # One fused GEMM: H <- H * n/(n+k) + (2/(n+k)) X^T X (rows of x are tokens).
+        self.hessian.addmm_(x.T, x, beta=n / (n + k), alpha=2.0 / (n + k))
+        self.tokens = n + k
+
+    def hook(self, module: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        """Register on ``module`` so each forward call feeds its input here."""
+
+        def before_forward(_module, args):
+            self.add(args[0])
+
+        return module.register_forward_pre_hook(before_forward)

@@ -1,0 +1,303 @@
+"""Prune a whole causal LM, block by block (ALGORITHM.md, "The layer-sequential pipeline").
+
+Calibration sequences go through the embeddings once; then, for each decoder
+block in order: forward pre-hooks accumulate the Hessian of every linear, the
+linears are pruned with :func:`thanos_rs.prune_layer`, and the block is re-run
+with its pruned weights to produce the next block's inputs. Only the current
+block and the activations are on the compute device; with ``offload="cpu"``
+the activations stay in host RAM too and the solves run on the CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import spec as S
+from .data import Calibration, EvalTokens, load_calibration, load_eval_tokens
+from .errors import DataError, InputError
+from .eval import is_perplexity_source, lm_eval_scores, perplexity, placed
+from .hessian import HESSIAN_DTYPES, HessianAccumulator
+from .kernels import prune_layer
+from .model import (
+    Decoder,
+    capture_block_calls,
+    check_save_target,
+    find_decoder,
+    linear_groups,
+    model_context,
+    move_outside_blocks,
+    run_block,
+    save_model,
+    weight_matrix,
+)
+from .report import LayerRecord, PruneReport, peak_memory, versions
+
+__all__ = ["PruneConfig", "check_config", "prune_model", "prune_blocks", "resolve_device"]
+
+DEFAULT_MAX_SEQLEN = 2048
+OFFLOAD_MODES = ("none", "cpu")
+
+
+@dataclass
+class PruneConfig:
+    """Everything a run needs besides the model; the CLI flags map one to one onto these."""
+
+    method: str = "thanos"
+    pattern: str = "unstructured"
+    sparsity: float = 0.5
+    alpha: float = 0.0
+    block_size: int = 128
+    damp: float = 0.01
+    nsamples: int = 128
+    seqlen: int | None = None  # None: min(2048, the model's context)
+    calib: str = "c4"
+    seed: int = 0
+    device: str = "auto"
+    offload: str = "none"
+    true_sequential: bool = False
+    batch_size: int = 8  # calibration sequences per forward pass
+    hessian_dtype: str = "float32"
+    backend: str = "auto"
+    eval: list[str] = field(default_factory=list)
+    lm_eval_include: str | None = None
+    lm_eval_limit: int | None = None
+    save: str | None = None
+    overwrite: bool = False
+    report: str | None = None
+    progress: bool = True
+
+
+def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
+                calibration: torch.Tensor | None = None) -> PruneReport:
+    """Prune ``model`` in place as ``config`` says; return the report.
+
+    ``calibration`` (nsamples x seqlen token ids) replaces ``config.calib``;
+    ``tokenizer`` may then be None if nothing is evaluated or saved with it.
+    Every argument is checked before any work starts, so a bad one costs no time
+    and leaves no output behind.
+    """
+    config = config or PruneConfig()
+    start = time.perf_counter()
+    layer_spec = check_config(config, tokenizer_given=tokenizer is not None, calibration_given=calibration is not None)
+    device = resolve_device(config.device)
+    decoder = find_decoder(model)
+    for index in range(len(decoder.blocks)):  # N:M groups must tile every layer: fail before any work
+        for module in decoder.linears(index).values():
+            S.check_width(layer_spec, weight_matrix(module).shape[1])
+    model.eval()  # dropout off: calibration must see the deterministic forward
+    calib = _calibration(model, tokenizer, config, calibration)
+    seqlen = calib.input_ids.shape[1]
+    ppl_data = {t: load_eval_tokens(t, tokenizer) for t in config.eval if is_perplexity_source(t)}
+    tasks = [t for t in config.eval if not is_perplexity_source(t)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    report = PruneReport(
+        config={**asdict(config), "pattern": str(layer_spec.pattern)},
+        layers=[],
+        protocol=_protocol(model, calib, ppl_data, seqlen, config, device),
+        model_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    def evaluate():
+        return _evaluate(model, tokenizer, decoder, ppl_data, tasks, seqlen, device, config)
+
+    report.perplexity_before, report.lm_eval_before = evaluate()
+    report.layers = prune_blocks(model, decoder, calib.input_ids, config, device)
+    pruned = {r.name for r in report.layers}
+    report.skipped_layers = [n for i in range(len(decoder.blocks)) for n in decoder.linears(i) if n not in pruned]
+    report.perplexity_after, report.lm_eval_after = evaluate()
+    report.peak_memory = peak_memory(device)
+    report.versions = versions()
+    report.seconds = time.perf_counter() - start
+    if config.save:
+        save_model(model, tokenizer, config.save, config.overwrite)
+    if config.report:
+        path = report.write_json(config.report)
+        report.plot(path.with_suffix(".png"))
+    return report
+
+
+def check_config(config: PruneConfig, tokenizer_given: bool = True, calibration_given: bool = False) -> S.LayerSpec:
+    """Every check that needs no model: run it before loading one (seconds to minutes)."""
+    c = config
+    layer_spec = S.make_spec(c.method, c.pattern, c.sparsity, c.alpha, c.block_size, c.damp)
+    _check_options(config, tokenizer_given, calibration_given)
+    resolve_device(config.device)
+    if config.save:
+        check_save_target(config.save, config.overwrite)
+    return layer_spec
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return dev
+
+
+@torch.no_grad()
+def prune_blocks(model: nn.Module, decoder: Decoder, input_ids: torch.Tensor, config: PruneConfig,
+                 device: torch.device) -> list[LayerRecord]:
+    """The sequential pipeline proper; returns one record per pruned linear, in order."""
+    store = torch.device("cpu") if config.offload == "cpu" else device
+    hidden, calls = _embed(model, decoder, input_ids, config.batch_size, device, store)
+    records: list[LayerRecord] = []
+    bar = tqdm(range(len(decoder.blocks)), desc="blocks", unit="block", file=sys.stderr, disable=not config.progress)
+    for index in bar:
+        block = decoder.blocks[index]
+        home = _device_of(block)
+        block.to(device)
+        block_calls = {size: per_block[index] for size, per_block in calls.items()}
+        records += _prune_block(decoder, index, hidden, block_calls, config, device)
+        # The pruned block's outputs are the next block's inputs.
+        hidden = [run_block(block, h.to(device), block_calls[len(h)]).to(store) for h in hidden]
+        block.to(home)
+    return records
+
+
+def _embed(model, decoder, input_ids, batch_size, device, store):
+    """Block 0's inputs per mini-batch, and every block's recorded call per batch size.
+
+    Calibration sequences are unpadded and of equal length, so a block's call
+    (masks, positions) depends only on the batch size: one recording per size.
+    """
+    home = _device_of(model)
+    move_outside_blocks(model, decoder, device)
+    hidden, calls = [], {}
+    try:
+        for batch in input_ids.split(batch_size):
+            h, per_block = capture_block_calls(model, decoder, batch.to(device))
+            hidden.append(h.to(store))
+            calls.setdefault(len(batch), per_block)
+    finally:
+        move_outside_blocks(model, decoder, home)
+    return hidden, calls
+
+
+def _prune_block(decoder, index, hidden, calls, config, device) -> list[LayerRecord]:
+    block = decoder.blocks[index]
+    linears = decoder.linears(index)
+    groups = linear_groups(block, linears, hidden[0].to(device), calls[len(hidden[0])])
+    # true-sequential: one step per group (q,k,v -> o -> gate,up -> down), each seeing
+    # the earlier groups pruned; otherwise one step: every Hessian from the dense block.
+    steps = [[g] for g in groups] if config.true_sequential else [groups]
+    records = []
+    bar = tqdm(total=sum(map(len, groups)), desc=f"block {index}", unit="layer", leave=False,
+               file=sys.stderr, disable=not config.progress)
+    for step in steps:
+        hessians = _accumulate(block, [linears[g[0]] for g in step], hidden, calls, config, device)
+        for group, hessian in zip(step, hessians):
+            for name in group:
+                bar.set_postfix_str(name.rsplit(".", 1)[-1])
+                records.append(_prune_linear(name, linears[name], hessian, config))
+                bar.update()
+    bar.close()
+    return records
+
+
+def _accumulate(block, readers, hidden, calls, config, device) -> list[torch.Tensor]:
+    """Run the block over all calibration batches; the Hessian of each reader's input."""
+    accumulators = [HessianAccumulator(weight_matrix(m).shape[1], device, config.hessian_dtype) for m in readers]
+    handles = [acc.hook(m) for acc, m in zip(accumulators, readers)]
+    try:
+        for h in hidden:
+            run_block(block, h.to(device), calls[len(h)])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [acc.hessian for acc in accumulators]
+
+
+def _prune_linear(name: str, module: nn.Module, hessian: torch.Tensor, config: PruneConfig) -> LayerRecord:
+    weight = weight_matrix(module)
+    # --offload cpu: the solve runs on the host (the Rust kernels under backend="auto").
+    solve_on = torch.device("cpu") if config.offload == "cpu" else weight.device
+    res = prune_layer(weight.to(solve_on), hessian.to(solve_on), method=config.method, pattern=config.pattern,
+                      sparsity=config.sparsity, alpha=config.alpha, block_size=config.block_size,
+                      damp=config.damp, backend=config.backend)
+    weight.copy_(res.weight.to(weight.device))
+    return LayerRecord(
+        name=name, shape=tuple(weight.shape), method=config.method, pattern=res.pattern,
+        sparsity=res.sparsity, loss=res.loss, damp=res.damp, seconds=res.seconds,
+        zeros=int(res.mask.sum().item()), backend=res.backend,
+    )
+
+
+def _evaluate(model, tokenizer, decoder, ppl_data: dict[str, EvalTokens], tasks, seqlen, device, config):
+    if not ppl_data and not tasks:
+        return {}, {}
+    with placed(model, decoder, device, stream=config.offload == "cpu"):
+        ppl = {source: perplexity(model, tokens, seqlen, device) for source, tokens in ppl_data.items()}
+        scores = lm_eval_scores(model, tokenizer, tasks, config.lm_eval_include, config.lm_eval_limit) if tasks else {}
+    return ppl, scores
+
+
+def _calibration(model, tokenizer, config: PruneConfig, calibration) -> Calibration:
+    context = model_context(model)
+    if calibration is not None:
+        ids = _check_token_ids(calibration)
+        _check_seqlen(ids.shape[1], context)
+        protocol = {"dataset": "token ids passed to prune_model", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
+        return Calibration(ids, protocol)
+    seqlen = config.seqlen or min(DEFAULT_MAX_SEQLEN, context or DEFAULT_MAX_SEQLEN)
+    _check_seqlen(seqlen, context)
+    return load_calibration(config.calib, tokenizer, config.nsamples, seqlen, config.seed)
+
+
+def _check_seqlen(seqlen: int, context: int | None) -> None:
+    if context is not None and seqlen > context:
+        raise InputError(
+            f"seqlen {seqlen} exceeds the model's context of {context} tokens (max_position_embeddings); "
+            f"use --seqlen {context} or less"
+        )
+
+
+def _check_token_ids(ids) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() == 0 or ids.is_floating_point():
+        raise DataError("calibration must be a non-empty (nsamples, seqlen) integer tensor of token ids")
+    return ids.to(torch.int64)
+
+
+def _check_options(config: PruneConfig, tokenizer_given: bool, calibration_given: bool) -> None:
+    if config.offload not in OFFLOAD_MODES:
+        raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {config.offload!r}")
+    if config.hessian_dtype not in HESSIAN_DTYPES:
+        raise InputError(f"hessian_dtype must be 'float32' or 'float64', got {config.hessian_dtype!r}")
+    if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {config.batch_size!r}")
+    if config.backend not in S.BACKENDS:
+        raise InputError(f"unknown backend {config.backend!r}: choose one of {', '.join(S.BACKENDS)}")
+    if not calibration_given:
+        if isinstance(config.nsamples, bool) or not isinstance(config.nsamples, int) or config.nsamples < 1:
+            raise DataError(f"nsamples must be a positive integer (calibration sequences), got {config.nsamples!r}")
+        if config.seqlen is not None and (not isinstance(config.seqlen, int) or config.seqlen < 1):
+            raise DataError(f"seqlen must be a positive integer (tokens per sequence), got {config.seqlen!r}")
+    if not tokenizer_given and (not calibration_given or config.eval):
+        raise InputError(
+            "a tokenizer is needed to read calibration or evaluation text; pass one, or token ids as calibration"
+        )
+
+
+def _protocol(model, calib: Calibration, ppl_data, seqlen, config, device) -> dict:
+    return {
+        "model": getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
+        "calibration": calib.protocol,
+        "evaluation": {source: {**tokens.protocol, "seqlen": seqlen} for source, tokens in ppl_data.items()},
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "hessian_dtype": config.hessian_dtype,
+        "device": str(device),
+        "offload": config.offload,
+        "true_sequential": config.true_sequential,
+    }
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
