@@ -25,13 +25,28 @@ __all__ = [
     "ModelError",
     "PruneConfig",
     "ThanosError",
+    "compact_report",
+    "export_structured",
     "layer_loss",
+    "load_pretrained",
     "prune_layer",
     "prune_model",
+    "save_compact",
+    "shrink_mlp",
+    "to_semi_structured",
 ]
 
-# The model pipeline pulls in transformers; load it only when asked for.
-_LAZY = {"prune_model": "pipeline", "PruneConfig": "pipeline"}
+# The model-level modules pull in transformers; load them only when asked for.
+_LAZY = {
+    "prune_model": "pipeline",
+    "PruneConfig": "pipeline",
+    "load_pretrained": "export",
+    "save_compact": "export",
+    "compact_report": "export",
+    "to_semi_structured": "sparse24",
+    "shrink_mlp": "shrink",
+    "export_structured": "shrink",
+}
 
 
 def __getattr__(name: str):

@@ -306,6 +306,20 @@ def check_save_target(path: str | os.PathLike, overwrite: bool) -> None:
 
 def save_model(model: nn.Module, tokenizer, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a from_pretrained-loadable directory atomically: all of it appears, or nothing."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return write_dir_atomically(path, overwrite, write)
+
+
+def write_dir_atomically(path: str | os.PathLike, overwrite: bool, write) -> Path:
+    """Run ``write(tmp)`` on a fresh sibling directory, then rename it to ``path``.
+
+    A failure leaves nothing under ``path`` (and an overwritten one intact).
+    """
     path = Path(path).absolute()
     check_save_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,14 +328,23 @@ def save_model(model: nn.Module, tokenizer, path: str | os.PathLike, overwrite: 
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial"
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write(tmp)
         _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable linear of every decoder block: full name -> module (lm_head is not one)."""
+    decoder = find_decoder(model)
+    return {name: module for i in range(len(decoder.blocks)) for name, module in decoder.linears(i).items()}
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
 
 
 def _swap_in(new: Path, path: Path) -> None:

@@ -23,6 +23,7 @@ from .data import Calibration, EvalTokens, load_calibration, load_eval_tokens
 from .errors import DataError, InputError
 from .eval import is_perplexity_source, lm_eval_scores, perplexity, placed
 from .hessian import HESSIAN_DTYPES, HessianAccumulator
+from .export import compact_report, save_compact
 from .kernels import prune_layer
 from .model import (
     Decoder,
@@ -37,11 +38,13 @@ from .model import (
     weight_matrix,
 )
 from .report import LayerRecord, PruneReport, peak_memory, versions
+from .shrink import shrink_mlp
 
 __all__ = ["PruneConfig", "check_config", "prune_model", "prune_blocks", "resolve_device"]
 
 DEFAULT_MAX_SEQLEN = 2048
 OFFLOAD_MODES = ("none", "cpu")
+SAVE_FORMATS = ("dense", "compact")
 
 
 @dataclass
@@ -68,6 +71,8 @@ class PruneConfig:
     lm_eval_include: str | None = None
     lm_eval_limit: int | None = None
     save: str | None = None
+    save_format: str = "dense"  # "compact": N:M / bitmask encodings of the pruned linears (export.py)
+    shrink: bool = False  # structured only: drop removed MLP channels before saving (shrink.py)
     overwrite: bool = False
     report: str | None = None
     progress: bool = True
@@ -115,8 +120,13 @@ def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
     report.peak_memory = peak_memory(device)
     report.versions = versions()
     report.seconds = time.perf_counter() - start
+    if config.shrink:
+        report.shrunk = shrink_mlp(model)
     if config.save:
-        save_model(model, tokenizer, config.save, config.overwrite)
+        save = save_compact if config.save_format == "compact" else save_model
+        save(model, tokenizer, config.save, config.overwrite)
+        if config.save_format == "compact":
+            report.checkpoint = compact_report(config.save).to_dict()
     if config.report:
         path = report.write_json(config.report)
         report.plot(path.with_suffix(".png"))
@@ -273,6 +283,10 @@ def _check_options(config: PruneConfig, tokenizer_given: bool, calibration_given
         raise InputError(f"hessian_dtype must be 'float32' or 'float64', got {config.hessian_dtype!r}")
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {config.batch_size!r}")
+    if config.save_format not in SAVE_FORMATS:
+        raise InputError(f"save_format must be one of {', '.join(SAVE_FORMATS)}, got {config.save_format!r}")
+    if config.shrink and (S.parse_pattern(config.pattern).kind != "structured" or config.alpha > 0):
+        raise InputError("shrink removes whole MLP channels: it needs pattern 'structured' with alpha=0")
     if config.backend not in S.BACKENDS:
         raise InputError(f"unknown backend {config.backend!r}: choose one of {', '.join(S.BACKENDS)}")
     if not calibration_given:

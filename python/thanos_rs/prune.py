@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rust, torch, reference (default: %(default)s)")
     add("--save", default=None, metavar="DIR", help="write the pruned model here as a Hugging Face directory, "
         "atomically (default: not saved)")
+    add("--format", dest="save_format", choices=("dense", "compact"), default="dense", help="--save layout: dense "
+        "safetensors, or compact (N:M values + 2-bit positions, bitmask + values for unstructured; load with "
+        "thanos_rs.load_pretrained) (default: %(default)s)")
+    add("--shrink", action="store_true", help="with --pattern structured and alpha 0: remove the pruned MLP "
+        "channels so the saved model has a smaller intermediate_size (default: off)")
     add("--overwrite", action="store_true", help="replace an existing non-empty --save directory (default: refuse)")
     add("--eval", nargs="+", default=None, metavar="TARGET", help="perplexity on wikitext2 or a .txt/.jsonl file, "
         "and/or lm-eval task names, before and after pruning (default: none; the bundled text for the bundled model)")
@@ -99,6 +104,10 @@ def _prune_one(args) -> int:
     model, tokenizer = load_model(model_path, args.dtype, _load_device(args))
     report = prune_model(model, tokenizer, config)
     print(report.table())
+    if report.checkpoint:
+        from .export import compact_report
+
+        print(compact_report(config.save).table())
     if config.save:
         print(f"pruned model saved to {config.save}")
     if config.report:
@@ -136,6 +145,8 @@ def _config(args):
         lm_eval_include=args.lm_eval_include,
         lm_eval_limit=args.lm_eval_limit,
         save=args.save,
+        save_format=args.save_format,
+        shrink=args.shrink,
         overwrite=args.overwrite,
         report=args.report,
         progress=not args.quiet,

@@ -57,6 +57,8 @@ class PruneReport:
     seconds: float = 0.0
     # Linears inside blocks that the forward never called through their module (nothing to calibrate on).
     skipped_layers: list[str] = field(default_factory=list)
+    checkpoint: dict = field(default_factory=dict)  # compact save: sizes dense vs compact
+    shrunk: dict = field(default_factory=dict)  # --shrink: MLP -> new intermediate size
 
     @property
     def sparsity(self) -> float:
@@ -90,6 +92,8 @@ class PruneReport:
             "versions": self.versions,
             "layers": [asdict(r) for r in self.layers],
             "skipped_layers": self.skipped_layers,
+            "checkpoint": self.checkpoint,
+            "shrunk": self.shrunk,
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
