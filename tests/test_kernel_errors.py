@@ -111,3 +111,24 @@ def test_unknown_backend():
     w, h = good_layer()
     with pytest.raises(InputError, match=r"unknown backend 'cuda'.*choose one of auto, rust, torch"):
         prune_layer(w, h, backend="cuda")
+
+
+def test_fp16_overflow_is_an_error_not_inf_weights():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 16)) * np.logspace(0, 3, 64)[:, None]
+    h = torch.tensor(2 * x @ x.T / 16, dtype=torch.float32)
+    w = torch.tensor(rng.standard_normal((64, 64)) * 100, dtype=torch.float16)
+    with pytest.raises(HessianError, match="non-finite weights"):
+        prune_layer(w, h, "thanos", "2:4", block_size=32, damp=1e-8, backend="rust")
+
+
+def test_negative_zero_diagonal_is_a_dead_input_in_every_backend():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 32))
+    h = 2 * x @ x.T / 32
+    h[3, :] = h[:, 3] = 0.0
+    h[3, 3] = -0.0
+    w = rng.standard_normal((4, 8))
+    masks = [prune_layer(w, h, m, "unstructured", 0.25, backend=be).mask
+             for m in ("wanda", "thanos") for be in ("reference", "rust", "torch")]
+    assert all(mask[:, 3].all() for mask in masks)

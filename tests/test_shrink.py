@@ -111,3 +111,35 @@ def test_shrink_mlp_errors():
     shrink.export_structured(model)  # wrong order: the MLP linears are no longer nn.Linear
     with pytest.raises(ModelError, match="before export_structured"):
         shrink.shrink_mlp(model)
+
+
+def test_square_mlp_finds_down_by_name_and_shrinks_correctly():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    assert shrink.gated_mlps(model) == {"model.layers.0.mlp": ("gate_proj", "up_proj", "down_proj")}
+    down = model.model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        down.weight[:, :20] = 0.0
+        ids = torch.arange(16).unsqueeze(0)
+        want = model(ids).logits
+        shrink.shrink_mlp(model)
+        torch.testing.assert_close(model(ids).logits, want)
+    assert model.config.intermediate_size == 44
+
+
+def test_shrink_of_a_model_without_gated_mlp_fails_before_any_work(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from thanos_rs import PruneConfig, prune_model
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = PruneConfig(pattern="structured", sparsity=0.3, shrink=True, save=str(tmp_path / "out"), eval=[])
+    with pytest.raises(ModelError, match="no gated MLP"):
+        prune_model(model, None, config, calibration=torch.randint(0, 64, (2, 16)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not (tmp_path / "out").exists()

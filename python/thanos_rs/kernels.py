@@ -22,7 +22,7 @@ import torch
 
 from . import reference
 from . import spec as S
-from .errors import InputError
+from .errors import HessianError, InputError
 
 __all__ = ["LayerResult", "prune_layer", "layer_loss"]
 
@@ -77,6 +77,11 @@ def prune_layer(
     seconds = time.perf_counter() - start
 
     w_out = w_new.to(device=w_in.device, dtype=w_in.dtype)
+    if not bool(torch.isfinite(w_out).all()):
+        raise HessianError(
+            f"pruning produced non-finite weights (the update overflows {w_in.dtype}); "
+            f"the Hessian is too ill-conditioned for damp={used:g}: pass a larger damp, or prune in float32"
+        )
     mask = mask.to(w_in.device)
     loss = layer_loss(w.to(w_in.device), w_out.to(compute), h.to(w_in.device))
     as_numpy = isinstance(weight, np.ndarray)
@@ -96,7 +101,9 @@ def prune_layer(
 def layer_loss(w: torch.Tensor, w_new: torch.Tensor, h: torch.Tensor) -> float:
     """Relative layer loss tr(dW H dW^T) / tr(W H W^T) (= ||dW X||^2 / ||W X||^2)."""
     dw = w_new - w
-    num = ((dw @ h) * dw).sum(dtype=torch.float64).item()
+    # Both forms are >= 0 in exact arithmetic; float rounding on a rank-deficient H
+    # can leave a tiny negative, which is clamped.
+    num = max(0.0, ((dw @ h) * dw).sum(dtype=torch.float64).item())
     den = ((w @ h) * w).sum(dtype=torch.float64).item()
     return num / den if den > 0 else 0.0
 

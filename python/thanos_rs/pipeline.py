@@ -38,7 +38,7 @@ from .model import (
     weight_matrix,
 )
 from .report import LayerRecord, PruneReport, peak_memory, versions
-from .shrink import shrink_mlp
+from .shrink import check_shrinkable, shrink_mlp
 
 __all__ = ["PruneConfig", "check_config", "prune_model", "prune_blocks", "resolve_device"]
 
@@ -92,6 +92,8 @@ def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
     layer_spec = check_config(config, tokenizer_given=tokenizer is not None, calibration_given=calibration is not None)
     device = resolve_device(config.device)
     decoder = find_decoder(model)
+    if config.shrink:
+        check_shrinkable(model)
     for index in range(len(decoder.blocks)):  # N:M groups must tile every layer: fail before any work
         for module in decoder.linears(index).values():
             S.check_width(layer_spec, weight_matrix(module).shape[1])

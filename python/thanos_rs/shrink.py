@@ -116,24 +116,47 @@ def export_structured(model: nn.Module) -> dict[str, tuple[int, int]]:
     return exported
 
 
+# Names of the down projection, used only when shapes cannot tell (hidden == intermediate).
+DOWN_NAMES = ("down_proj", "w2", "fc2", "dense_4h_to_h")
+
+
 def gated_mlps(model: nn.Module) -> dict[str, tuple[str, str, str]]:
     """Modules holding exactly three direct nn.Linear children: two (I x h) producers and one (h x I) down.
 
-    Found by shape, not by name: module name -> (producer, producer, down) child names.
-    Attention blocks never match (q, k, v, o are four linears).
+    Found by shape: module name -> (producer, producer, down) child names. A square MLP
+    (I == h) fits every choice of down; then the down projection's conventional name
+    decides, and a module without one is left out. Attention blocks never match (q, k,
+    v, o are four linears).
     """
     found = {}
     for name, module in model.named_modules():
         linears = {n: c for n, c in module.named_children() if isinstance(c, nn.Linear)}
         if len(linears) != 3:
             continue
+        fits = {}
         for down, d in linears.items():
             producers = [n for n, c in linears.items() if n != down
                          and (c.out_features, c.in_features) == (d.in_features, d.out_features)]
             if len(producers) == 2:
-                found[name] = (*producers, down)
-                break
+                fits[down] = producers
+        if len(fits) > 1:
+            fits = {down: p for down, p in fits.items() if down in DOWN_NAMES}
+        if len(fits) == 1:
+            (down, producers), = fits.items()
+            found[name] = (*producers, down)
     return found
+
+
+def check_shrinkable(model: nn.Module) -> dict[str, tuple[str, str, str]]:
+    """The gated MLPs shrink_mlp would change; a ModelError if there is nothing it can shrink."""
+    mlps = gated_mlps(model)
+    if not mlps:
+        raise ModelError(f"{type(model).__name__} has no gated MLP of three nn.Linear layers (gate, up, down); "
+                         "shrink_mlp supports Llama-family MLPs and must run before export_structured")
+    config = model.config.get_text_config() if hasattr(model, "config") else None
+    if not isinstance(getattr(config, "intermediate_size", None), int):
+        raise ModelError(f"{type(model).__name__}'s config has no integer intermediate_size to shrink")
+    return mlps
 
 
 def shrink_mlp(model: nn.Module) -> dict[str, int]:
@@ -143,13 +166,8 @@ def shrink_mlp(model: nn.Module) -> dict[str, int]:
     number): the largest needed; MLPs that need fewer keep some of their
     all-zero channels as padding (they add exact zeros). Updates the config.
     """
-    mlps = gated_mlps(model)
-    if not mlps:
-        raise ModelError(f"{type(model).__name__} has no gated MLP of three nn.Linear layers (gate, up, down); "
-                         "shrink_mlp supports Llama-family MLPs and must run before export_structured")
-    config = model.config.get_text_config() if hasattr(model, "config") else None
-    if not isinstance(getattr(config, "intermediate_size", None), int):
-        raise ModelError(f"{type(model).__name__}'s config has no integer intermediate_size to shrink")
+    mlps = check_shrinkable(model)
+    config = model.config.get_text_config()
     live = {name: _live_channels(model.get_submodule(name), names[2]) for name, names in mlps.items()}
     size = max(int(channels.sum()) for channels in live.values())
     for name, (first, second, down) in mlps.items():

@@ -224,11 +224,30 @@ def remove_block(w, blk, i1, g, r):
     g_pad = torch.block_diag(g, torch.eye(s, dtype=g.dtype, device=g.device))
     systems = g_pad[idx[:, :, None], idx[:, None, :]]
     rhs = torch.cat([w[:, i1 : i1 + bw], w.new_zeros(c, s)], dim=1).gather(1, idx)
-    chol, _ = torch.linalg.cholesky_ex(systems)  # principal submatrices of an SPD G: no check
-    lam = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    lam = _spd_solve(systems, rhs[..., None])[..., 0]
     lam_full = w.new_zeros(c, bw + s).scatter_(1, idx, lam)[:, :bw]
     w[:, i1:] -= lam_full @ r
     w[:, i1 : i1 + bw].masked_fill_(blk, 0.0)  # exact zeros, not round-off
+
+
+def _spd_solve(a: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve (batched) SPD systems; those that float32 rounding made indefinite are redone in float64."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    x = torch.cholesky_solve(rhs, chol)
+    bad = info != 0
+    if bool(bad.any()):
+        a64, rhs64 = a.double(), rhs.double()
+        if a.dim() > 2:
+            a64, rhs64 = a64[bad], rhs64[bad]
+        chol64, info64 = torch.linalg.cholesky_ex(a64)
+        if bool((info64 != 0).any()):
+            raise HessianError("a principal submatrix of the inverse Hessian is singular; pass a larger damp")
+        fixed = torch.cholesky_solve(rhs64, chol64).to(x.dtype)
+        if a.dim() > 2:
+            x[bad] = fixed
+        else:
+            x = fixed
+    return x
 
 
 # ---- structured (Thanos with outlier rows; SparseGPT with alpha = 0) ------------------
@@ -247,8 +266,7 @@ def _structured(w, u, hdiag, outliers, sp):
     if s:
         q = cols.nonzero().squeeze(1)
         hinv_q = u[:, q].T @ u  # Hinv[S, :]; outlier rows are updated too, then restored
-        chol, _ = torch.linalg.cholesky_ex(hinv_q[:, q])
-        lam = torch.cholesky_solve(w[:, q].T, chol)
+        lam = _spd_solve(hinv_q[:, q], w[:, q].T)
         w -= lam.T @ hinv_q
         w[:, q] = 0.0
     return (~outliers)[:, None] & cols[None, :]

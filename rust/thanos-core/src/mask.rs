@@ -222,6 +222,13 @@ mod tests {
     }
 
     #[test]
+    fn negative_zero_scores_rank_with_zero() {
+        assert_eq!((-0.0f32).key(), 0.0f32.key());
+        assert_eq!((-0.0f64).key(), 0.0f64.key());
+        assert!(0.0f32.key() < f32::MIN_POSITIVE.key());
+    }
+
+    #[test]
     fn nm_takes_n_smallest_per_group_ties_to_lower_index() {
         let keys = [5, 1, 1, 9, 0, 0, 0, 0];
         let mut out = [false; 8];

@@ -13,6 +13,7 @@ pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
     fn is_finite(self) -> bool;
     /// An integer that orders like the value, for non-negative finite values:
     /// the IEEE bit pattern. Selections work on these keys (radix select).
+    /// -0.0 maps to the key of +0.0 (its sign bit would rank it last).
     fn key(self) -> u64;
     /// `c - a * b`, fused (one rounding) when `FUSED`; only pass true where
     /// the CPU's FMA feature is enabled, or it becomes a slow libm call.
@@ -43,7 +44,7 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn key(self) -> u64 {
-        self.to_bits() as u64
+        (self + 0.0).to_bits() as u64
     }
     #[inline(always)]
     fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self {
@@ -79,7 +80,7 @@ impl Real for f64 {
     }
     #[inline(always)]
     fn key(self) -> u64 {
-        self.to_bits()
+        (self + 0.0).to_bits()
     }
     #[inline(always)]
     fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self {

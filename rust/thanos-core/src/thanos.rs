@@ -39,8 +39,8 @@ pub fn thanos<T: Real>(
     outliers: &[bool],
 ) -> Result<Vec<bool>> {
     Ok(match cfg.pattern {
-        Pattern::Unstructured => unstructured(w, layer, cfg),
-        Pattern::NM { n, m } => nm(w, layer, cfg, n, m, outliers),
+        Pattern::Unstructured => unstructured(w, layer, cfg)?,
+        Pattern::NM { n, m } => nm(w, layer, cfg, n, m, outliers)?,
         Pattern::Structured => {
             let scores = column_scores(w, hdiag, layer.b, outliers);
             let cols = smallest_columns(&scores, structured_columns(cfg.sparsity, cfg.alpha, layer.b));
@@ -49,7 +49,7 @@ pub fn thanos<T: Real>(
     })
 }
 
-fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Vec<bool> {
+fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
     let (c, b) = (layer.c, layer.b);
     let bs = cfg.block_for(b);
     let target = target_zeros(cfg.sparsity, c, b);
@@ -71,9 +71,9 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
             }
         });
         made += mask.par_chunks(b).map(|row| row[i1..i2].iter().filter(|&&x| x).count()).sum::<usize>();
-        block_update(w, &mask, layer, i1, i2);
+        block_update(w, &mask, layer, i1, i2)?;
     }
-    mask
+    Ok(mask)
 }
 
 fn nm<T: Real>(
@@ -83,7 +83,7 @@ fn nm<T: Real>(
     n: usize,
     m: usize,
     outliers: &[bool],
-) -> Vec<bool> {
+) -> Result<Vec<bool>> {
     let b = layer.b;
     let bs = cfg.block_for(b);
     let mut mask = vec![false; layer.c * b];
@@ -94,13 +94,13 @@ fn nm<T: Real>(
             let keys: Vec<u64> = (i1..i2).map(|j| (wr[k * b + j].abs() * layer.hsqrt[j]).key()).collect();
             smallest_nm(&keys, n, m, &mut row[i1..i2]);
         });
-        block_update(w, &mask, layer, i1, i2);
+        block_update(w, &mask, layer, i1, i2)?;
     }
-    mask
+    Ok(mask)
 }
 
 /// Applies the optimal update of every row for its mask in [i1, i2).
-fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: usize, i2: usize) {
+fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Result<()> {
     let (c, b) = (layer.c, layer.b);
     let (bw, rest) = (i2 - i1, b - i1);
     let u = layer.factor.view();
@@ -114,7 +114,7 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
         T::from_f64(1.0),
         layer.par,
     );
-    let l = solve_rows(w, mask, &r, layer, i1, i2);
+    let l = solve_rows(w, mask, &r, layer, i1, i2)?;
     let full = MatMut::from_row_major_slice_mut(w, c, b);
     matmul(
         full.submatrix_mut(0, i1, c, rest),
@@ -125,10 +125,11 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
         layer.par,
     );
     zero_masked(w, mask, b, i1, i2);
+    Ok(())
 }
 
 /// L (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k, zero elsewhere.
-fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Vec<T> {
+fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Result<Vec<T>> {
     let (b, bw, rest) = (layer.b, i2 - i1, layer.b - i1);
     let mut rows: Vec<(usize, Vec<usize>)> = (0..layer.c)
         .into_par_iter()
@@ -150,28 +151,32 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
             let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
             let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
             for (lane, (k, q)) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
-                rhs[lane] = solve_in_f64(&g, bw, q, &w[k * b + i1..]);
+                rhs[lane] = solve_in_f64(layer, i1, i2, q, &w[k * b + i1..])?;
             }
-            rhs
+            Ok(rhs)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut l = vec![T::from_f64(0.0); layer.c * bw];
     for ((k, q), lambda) in rows.iter().zip(solved.into_iter().flatten()) {
         q.iter().zip(lambda).for_each(|(&j, v)| l[k * bw + j] = v);
     }
-    l
+    Ok(l)
 }
 
-/// Rounding in T broke positive definiteness of G[Q,Q] = A^T A (A has full
-/// column rank, so it is SPD): solve that row again in f64.
-fn solve_in_f64<T: Real>(g: &[T], stride: usize, q: &[usize], wrow: &[T]) -> Vec<T> {
+/// Rounding in T broke positive definiteness of G[Q,Q] = A^T A, A = U_blk[:, Q]
+/// (full column rank, so SPD): rebuild it from U in f64 and solve that row again.
+fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[usize], wrow: &[T]) -> Result<Vec<T>> {
+    let u = layer.factor.view();
     let s = q.len();
-    let g64: Vec<f64> = q.iter().flat_map(|&i| q.iter().map(move |&j| g[i * stride + j].to_f64())).collect();
+    let col = |j: usize| (i1..i2).map(move |r| u[(r, i1 + j)].to_f64());
+    let g: Vec<f64> =
+        q.iter().flat_map(|&a| q.iter().map(move |&bb| col(a).zip(col(bb)).map(|(x, y)| x * y).sum())).collect();
     let idx: Vec<usize> = (0..s).collect();
     let mut x: Vec<f64> = q.iter().map(|&j| wrow[j].to_f64()).collect();
-    let failed = solve_lanes(&g64, s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default());
-    debug_assert_eq!(failed, 0, "G[Q,Q] must be SPD in f64");
-    x.into_iter().map(T::from_f64).collect()
+    if solve_lanes(&g, s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
+        return Err(PruneError::NotPositiveDefinite { damp: layer.factor.damp });
+    }
+    Ok(x.into_iter().map(T::from_f64).collect())
 }
 
 pub(crate) fn zero_masked<T: Real>(w: &mut [T], mask: &[bool], b: usize, i1: usize, i2: usize) {
