@@ -190,8 +190,9 @@ def _encode(text: str, tokenizer) -> torch.Tensor:
 def _hub_texts(source: str, split: str) -> list[str]:
     try:
         import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        raise DataError(f"calibration source {source!r} needs the 'datasets' package; pip install datasets") from None
+    except ImportError:  # datasets is the optional 'data' extra
+        raise DataError(f"{source!r} is loaded with the datasets package: pip install 'thanos-rs[data]', "
+                        "or pass a local .txt/.jsonl file") from None
     try:
         if source == "c4":
             files = {"train": C4_TRAIN_SHARD}

@@ -58,8 +58,11 @@ def perplexity(model: nn.Module, tokens: EvalTokens, seqlen: int, device: torch.
 def lm_eval_scores(model, tokenizer, tasks: list[str], include_path: str | None = None,
                    limit: int | None = None, batch_size: int = 8) -> dict[str, dict]:
     """Zero-shot lm-eval results, task -> {metric: value}, through HFLM wrapping ``model``."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as e:  # lm-eval and accelerate are the optional 'eval' extra
+        raise DataError(f"lm-eval tasks need the eval extra ({e.name} is missing): pip install 'thanos-rs[eval]'") from None
 
     manager = _task_manager(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
