@@ -84,3 +84,28 @@ def test_torch_tensors_round_trip_through_the_rust_backend():
     assert isinstance(res.weight, torch.Tensor) and res.weight.dtype == torch.bfloat16
     assert isinstance(res.mask, torch.Tensor) and res.mask.dtype == torch.bool
     assert bool((res.weight[res.mask] == 0).all())
+
+
+_HASH_SCRIPT = """
+import hashlib, numpy as np
+from thanos_rs import _core
+rng = np.random.default_rng(0); c = b = 320
+x = (rng.standard_normal((b, 2 * b)) * np.exp(rng.standard_normal((b, 1)))).astype(np.float32)
+h = (2 * x @ x.T / (2 * b)).astype(np.float32); w = rng.standard_normal((c, b)).astype(np.float32)
+for method, kind, n, m in [("thanos", "unstructured", 0, 0), ("thanos", "nm", 2, 4), ("sparsegpt", "unstructured", 0, 0)]:
+    out, mask, _ = _core.prune_layer(w, h, method, kind, n, m, 0.5, 0.0, 64, 0.01)
+    print(hashlib.sha256(out.tobytes() + mask.tobytes()).hexdigest())
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    import os
+    import subprocess
+    import sys
+
+    runs = [
+        subprocess.run([sys.executable, "-c", _HASH_SCRIPT], env={**os.environ, "RAYON_NUM_THREADS": str(t)},
+                       capture_output=True, text=True, check=True).stdout
+        for t in (1, 3)
+    ]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 3
