@@ -75,11 +75,12 @@ fn obs_columns<T: Real>(
     let mut err = vec![zero; layer.c * bw];
     w.par_chunks_mut(b).zip(mask.par_chunks_mut(b)).zip(err.par_chunks_mut(bw)).for_each(|((row, mrow), erow)| {
         let (seg, mseg) = (&mut row[i1..i2], &mut mrow[i1..i2]);
+        let mut keys = Vec::new();
         for j in 0..bw {
             if let Pattern::NM { n, m } = pattern {
                 if j % m == 0 {
-                    let keys: Vec<u64> =
-                        (j..j + m).map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key()).collect();
+                    keys.clear();
+                    keys.extend((j..j + m).map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key()));
                     smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
                 }
             }
