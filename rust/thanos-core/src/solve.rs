@@ -26,12 +26,24 @@ type Lanes<T> = [T; LANES];
 pub struct LaneScratch<T> {
     a: Vec<Lanes<T>>,
     x: Vec<Lanes<T>>,
+    idx: Vec<usize>,
+}
+
+/// The leading n x n block of a row-major matrix (row stride `stride`), copied
+/// into the (n+1) x (n+1) zero-padded layout that [`solve_lanes`] reads.
+pub fn padded<T: Real>(g: &[T], n: usize, stride: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); (n + 1) * (n + 1)];
+    for (dst, src) in out.chunks_exact_mut(n + 1).zip(g.chunks(stride)).take(n) {
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+    out
 }
 
 /// For each lane l < qs.len() (at most LANES), solves `G[Q_l,Q_l] x = rhs_l`
-/// in place, where `Q_l = qs[l]` and `rhs[l]` has length |Q_l|. `g` is
-/// row-major with row stride `stride`. Returns a bit set of the lanes whose
-/// system was not numerically positive definite (their rhs is unspecified).
+/// in place, where `Q_l = qs[l]` and `rhs[l]` has length |Q_l|. `g` is the
+/// n x n G in the layout of [`padded`] (row stride n + 1). Returns a bit set
+/// of the lanes whose system was not numerically positive definite (their
+/// rhs is unspecified).
 pub fn solve_lanes<T: Real>(
     g: &[T],
     stride: usize,
@@ -110,44 +122,61 @@ fn row(i: usize) -> usize {
 // inherit the caller's `#[target_feature]`s, so `for_each(|l| ..)` or
 // `array::from_fn` would compile to baseline SSE2 and libm `fmaf` calls.
 
-/// `acc[l] -= x[l] * y[l]` for every lane.
+/// `acc - x * y` in every lane. By value, so LLVM keeps the accumulators in
+/// registers (through `&mut` into an array they were spilled to the stack).
 #[inline(always)]
-fn fnmadd<T: Real, const FUSED: bool>(acc: &mut Lanes<T>, x: &Lanes<T>, y: &Lanes<T>) {
+fn fms<T: Real, const FUSED: bool>(mut acc: Lanes<T>, x: &Lanes<T>, y: &Lanes<T>) -> Lanes<T> {
     for l in 0..LANES {
         acc[l] = T::mul_sub::<FUSED>(x[l], y[l], acc[l]);
     }
+    acc
 }
 
-/// Lower triangle of every lane's G[Q,Q] (identity-padded to s), packed by
-/// rows, and its rhs.
+/// Lower triangle of every lane's G[Q,Q], packed by rows, and its rhs.
+/// `g` is (n+1) x (n+1) with a zero last row and column: a lane shorter than
+/// s reads index n there, so every entry is one branch-free vector of gathers;
+/// its padding diagonal is then set to 1 (identity rows, zero rhs).
 #[inline(always)]
 fn gather<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
+    let pad = stride - 1;
+    scratch.idx.clear();
+    for l in 0..LANES {
+        let q = qs.get(l).copied().unwrap_or(&[]);
+        scratch.idx.extend((0..s).map(|i| q.get(i).copied().unwrap_or(pad)));
+    }
     scratch.a.clear();
     scratch.a.resize(row(s), [zero; LANES]);
     scratch.x.clear();
     scratch.x.resize(s, [zero; LANES]);
-    for (l, q) in qs.iter().enumerate() {
-        for (i, &qi) in q.iter().enumerate() {
-            let grow = &g[qi * stride..];
-            let ai = &mut scratch.a[row(i)..row(i) + i + 1];
-            for (v, &qj) in ai.iter_mut().zip(&q[..=i]) {
-                v[l] = grow[qj];
+    let idx = &scratch.idx;
+    for i in 0..s {
+        let mut rows = [0usize; LANES];
+        for l in 0..LANES {
+            rows[l] = idx[l * s + i] * stride;
+        }
+        let ai = &mut scratch.a[row(i)..row(i) + i + 1];
+        for (j, v) in ai.iter_mut().enumerate() {
+            for l in 0..LANES {
+                v[l] = g[rows[l] + idx[l * s + j]];
             }
-            scratch.x[i][l] = rhs[l][i];
+        }
+        for l in 0..LANES {
+            if idx[l * s + i] == pad {
+                ai[i][l] = one;
+            }
         }
     }
-    for l in 0..LANES {
-        let len = qs.get(l).map_or(0, |q| q.len());
-        for i in len..s {
-            scratch.a[row(i) + i][l] = one;
+    for (l, r) in rhs.iter().enumerate() {
+        for (i, &v) in r.iter().enumerate() {
+            scratch.x[i][l] = v;
         }
     }
 }
 
 /// Left-looking Cholesky of each lane, in place on the packed lower triangle.
 /// Entry (i, j) is one inner product of the prefixes of rows i and j, kept in
-/// registers; up to four entries of a row share the loads of row i.
+/// registers; four entries of a row share the loads of row i.
 #[inline(always)]
 fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
@@ -157,17 +186,17 @@ fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
         let ai = &mut rest[..i + 1];
         let mut j = 0;
         while j + 4 <= i {
-            let (r0, r1, r2, r3) = (row(j), row(j + 1), row(j + 2), row(j + 3));
-            let mut acc = [ai[j], ai[j + 1], ai[j + 2], ai[j + 3]];
+            let rs = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+            let (mut a0, mut a1, mut a2, mut a3) = (ai[j], ai[j + 1], ai[j + 2], ai[j + 3]);
             for k in 0..j {
                 let lik = &ai[k];
-                fnmadd::<T, FUSED>(&mut acc[0], lik, &done[r0 + k]);
-                fnmadd::<T, FUSED>(&mut acc[1], lik, &done[r1 + k]);
-                fnmadd::<T, FUSED>(&mut acc[2], lik, &done[r2 + k]);
-                fnmadd::<T, FUSED>(&mut acc[3], lik, &done[r3 + k]);
+                a0 = fms::<T, FUSED>(a0, lik, &done[rs[0] + k]);
+                a1 = fms::<T, FUSED>(a1, lik, &done[rs[1] + k]);
+                a2 = fms::<T, FUSED>(a2, lik, &done[rs[2] + k]);
+                a3 = fms::<T, FUSED>(a3, lik, &done[rs[3] + k]);
             }
-            for (u, rj) in [r0, r1, r2, r3].into_iter().enumerate() {
-                finish_entry::<T, FUSED>(ai, done, &mut acc[u], j, u, rj);
+            for (u, acc) in [a0, a1, a2, a3].into_iter().enumerate() {
+                finish_entry::<T, FUSED>(ai, done, acc, j, u, rs[u]);
             }
             j += 4;
         }
@@ -175,14 +204,14 @@ fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
             let rj = row(j);
             let mut acc = ai[j];
             for k in 0..j {
-                fnmadd::<T, FUSED>(&mut acc, &ai[k], &done[rj + k]);
+                acc = fms::<T, FUSED>(acc, &ai[k], &done[rj + k]);
             }
-            finish_entry::<T, FUSED>(ai, done, &mut acc, j, 0, rj);
+            finish_entry::<T, FUSED>(ai, done, acc, j, 0, rj);
             j += 1;
         }
         let mut d = ai[i];
         for lik in &ai[..i] {
-            fnmadd::<T, FUSED>(&mut d, lik, lik);
+            d = fms::<T, FUSED>(d, lik, lik);
         }
         for (l, dl) in d.iter_mut().enumerate() {
             // A failed lane continues on a unit pivot so the others finish.
@@ -204,19 +233,19 @@ fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
 fn finish_entry<T: Real, const FUSED: bool>(
     ai: &mut [Lanes<T>],
     done: &[Lanes<T>],
-    acc: &mut Lanes<T>,
+    mut acc: Lanes<T>,
     j0: usize,
     u: usize,
     rj: usize,
 ) {
     for v in 0..u {
-        fnmadd::<T, FUSED>(acc, &ai[j0 + v], &done[rj + j0 + v]);
+        acc = fms::<T, FUSED>(acc, &ai[j0 + v], &done[rj + j0 + v]);
     }
     let d = &done[rj + j0 + u];
     for l in 0..LANES {
         acc[l] /= d[l];
     }
-    ai[j0 + u] = *acc;
+    ai[j0 + u] = acc;
 }
 
 /// L y = b for every lane, in place.
@@ -226,7 +255,7 @@ fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<
         let ai = &a[row(i)..row(i) + i + 1];
         let mut v = x[i];
         for (lij, xj) in ai[..i].iter().zip(&x[..i]) {
-            fnmadd::<T, FUSED>(&mut v, lij, xj);
+            v = fms::<T, FUSED>(v, lij, xj);
         }
         for l in 0..LANES {
             v[l] /= ai[i][l];
@@ -246,7 +275,7 @@ fn backward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes
         }
         x[i] = v;
         for (lij, xj) in ai[..i].iter().zip(x[..i].iter_mut()) {
-            fnmadd::<T, FUSED>(xj, lij, &v);
+            *xj = fms::<T, FUSED>(*xj, lij, &v);
         }
     }
 }
@@ -302,7 +331,7 @@ mod tests {
         let mut got = want.clone();
         let q_refs: Vec<&[usize]> = qs.iter().map(|q| q.as_slice()).collect();
         let mut rhs: Vec<&mut [f64]> = got.iter_mut().map(|r| r.as_mut_slice()).collect();
-        assert_eq!(solve_lanes(&g, n, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
+        assert_eq!(solve_lanes(&padded(&g, n, n), n + 1, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
         for ((q, x), b) in qs.iter().zip(&got).zip(&want) {
             for (r, &qi) in q.iter().enumerate() {
                 let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi * n + qj] * xj).sum();
@@ -313,10 +342,10 @@ mod tests {
 
     #[test]
     fn indefinite_lane_is_reported_alone() {
-        let g = [1.0f32, 2.0, 2.0, 1.0];
+        let g = padded(&[1.0f32, 2.0, 2.0, 1.0], 2, 2);
         let (q0, q1): (&[usize], &[usize]) = (&[0, 1], &[0]);
         let (mut x0, mut x1) = ([1.0f32, 1.0], [3.0f32]);
-        let failed = solve_lanes(&g, 2, &[q0, q1], &mut [&mut x0[..], &mut x1[..]], &mut LaneScratch::default());
+        let failed = solve_lanes(&g, 3, &[q0, q1], &mut [&mut x0[..], &mut x1[..]], &mut LaneScratch::default());
         assert_eq!(failed, 0b01);
         assert_eq!(x1, [3.0]);
     }

@@ -17,7 +17,7 @@ use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
 use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
 use crate::scalar::Real;
-use crate::solve::{solve_lanes, spd_solve_in_place, LaneScratch, LANES};
+use crate::solve::{padded, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
 pub struct Layer<'a, T> {
@@ -140,8 +140,8 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
         .collect();
     // Largest systems first, so the rows sharing a batch need little padding.
     rows.sort_by_key(|(k, q)| (Reverse(q.len()), *k));
-    // G = R[:, :bw], copied compact so the gathers stay within a few pages.
-    let g: Vec<T> = r.chunks_exact(rest).flat_map(|row| row[..bw].iter().copied()).collect();
+    // G = R[:, :bw], copied compact (and zero-padded) so the gathers stay within a few pages.
+    let g = padded(r, bw, rest);
     let solved: Vec<Vec<Vec<T>>> = rows
         .par_chunks(LANES)
         .map_init(LaneScratch::default, |scratch, batch| {
@@ -149,7 +149,7 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
                 batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
             let qs: Vec<&[usize]> = batch.iter().map(|(_, q)| q.as_slice()).collect();
             let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
-            let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
+            let failed = solve_lanes(&g, bw + 1, &qs, &mut views, scratch);
             for (lane, (k, q)) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
                 rhs[lane] = solve_in_f64(layer, i1, i2, q, &w[k * b + i1..])?;
             }
@@ -173,7 +173,7 @@ fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[usize]
         q.iter().flat_map(|&a| q.iter().map(move |&bb| col(a).zip(col(bb)).map(|(x, y)| x * y).sum())).collect();
     let idx: Vec<usize> = (0..s).collect();
     let mut x: Vec<f64> = q.iter().map(|&j| wrow[j].to_f64()).collect();
-    if solve_lanes(&g, s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
+    if solve_lanes(&padded(&g, s, s), s + 1, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
         return Err(PruneError::NotPositiveDefinite { damp: layer.factor.damp });
     }
     Ok(x.into_iter().map(T::from_f64).collect())
