@@ -70,6 +70,24 @@ def tiny_model(arch: str, seed: int = 0):
     return transformers.AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
 
 
+def random_llama_dir(path: Path, layers: int, hidden: int = 512, intermediate: int = 1536,
+                     max_shard_size: str = "100MB") -> Path:
+    """A random-initialised Llama checkpoint (sharded safetensors) with the stories260k tokenizer."""
+    import shutil
+
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate,
+                           num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
+                           max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(path, max_shard_size=max_shard_size)
+    for tokenizer_file in fixture_path("stories260k").glob("tokenizer*"):
+        shutil.copy(tokenizer_file, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """The test machine's cores are shared: one intra-op thread avoids oversubscription stalls."""

@@ -189,12 +189,12 @@ def test_stories_thanos_beats_magnitude_and_stays_sane(stories_run, small_text):
 # ---------------------------------------------------------------- bad input, no output
 
 
-def test_a_failure_mid_run_leaves_no_output(tmp_path, monkeypatch):
+def test_a_failure_mid_run_leaves_no_output_and_the_same_call_resumes(tmp_path, monkeypatch):
     calls = []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 10:  # in block 1: block 0 is finished and kept
             raise HessianError("not positive definite even after damping retries")
         return real(*args, **kwargs)
 
@@ -202,7 +202,32 @@ def test_a_failure_mid_run_leaves_no_output(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "prune_layer", failing)
     with pytest.raises(HessianError):
         _prune(tiny_model("llama"), save=str(tmp_path / "out"), report=str(tmp_path / "r.json"))
-    assert list(tmp_path.iterdir()) == []
+    # Nothing under the final names; only the hidden work directory the resume needs.
+    assert [p.name for p in tmp_path.iterdir()] == [".out.thanos-run"]
+    assert json.loads((tmp_path / ".out.thanos-run/state/progress.json").read_text())["done"] == 1
+
+    monkeypatch.setattr(pipeline, "prune_layer", real)
+    calls.clear()
+    resumed = _prune(tiny_model("llama"), save=str(tmp_path / "out"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    whole = _prune(tiny_model("llama"), save=str(tmp_path / "whole"))
+    assert [(r.name, r.zeros, r.loss) for r in resumed.layers] == [(r.name, r.zeros, r.loss) for r in whole.layers]
+    assert (tmp_path / "out/model.safetensors").read_bytes() == (tmp_path / "whole/model.safetensors").read_bytes()
+
+
+def test_an_unfinished_run_of_another_command_is_not_resumed(tmp_path, monkeypatch):
+    def failing(*args, **kwargs):
+        raise HessianError("not positive definite even after damping retries")
+
+    monkeypatch.setattr(pipeline, "prune_layer", failing)
+    with pytest.raises(HessianError):
+        _prune(tiny_model("llama"), save=str(tmp_path / "out"))
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"another command \(differs in: settings.sparsity\).*--overwrite"):
+        _prune(tiny_model("llama"), save=str(tmp_path / "out"), sparsity=0.6)
+    report = _prune(tiny_model("llama"), save=str(tmp_path / "out"), sparsity=0.6, overwrite=True)
+    assert report.sparsity == pytest.approx(0.6, abs=0.01)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_existing_save_directory_is_refused_before_any_work(tmp_path):

@@ -47,7 +47,8 @@ from .errors import ModelError
 from .model import Conv1D, decoder_linears, write_dir_atomically
 from .sparse24 import code_bits, nm_compress, nm_decompress, pack_codes, unpack_codes, zero_bits
 
-__all__ = ["CompactReport", "compact_report", "decompress_state_dict", "load_pretrained", "register", "save_compact"]
+__all__ = ["CompactReport", "compact_report", "decompress_state_dict", "load_pretrained", "register", "save_compact",
+           "write_compact"]
 
 FORMAT_KEY = "thanos_rs_compact"
 VERSION = 1
@@ -68,16 +69,17 @@ def save_compact(model: nn.Module, tokenizer, out_dir: str | os.PathLike, overwr
     ``overwrite``. A dense model is fine: its linears are all stored dense.
     ``max_shard_size`` goes to ``save_pretrained`` (sizes are before compaction).
     """
+    return write_dir_atomically(out_dir, overwrite, lambda tmp: write_compact(model, tokenizer, tmp, max_shard_size))
+
+
+def write_compact(model: nn.Module, tokenizer, directory: Path, max_shard_size: int | str = "50GB") -> None:
+    """The body of :func:`save_compact`: write the compact files into an existing directory."""
     linear_keys = {f"{name}.weight": isinstance(module, Conv1D) for name, module in decoder_linears(model).items()}
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        layers = _compact_weight_files(tmp, linear_keys)
-        _add_to_config(tmp / "config.json", {"version": VERSION, "layers": layers})
-
-    return write_dir_atomically(out_dir, overwrite, write)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    layers = _compact_weight_files(directory, linear_keys)
+    _add_to_config(directory / "config.json", {"version": VERSION, "layers": layers})
 
 
 def _compact_weight_files(folder: Path, linear_keys: dict[str, bool]) -> dict[str, dict]:

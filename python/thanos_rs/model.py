@@ -34,8 +34,11 @@ __all__ = [
     "model_context",
     "move_outside_blocks",
     "run_block",
+    "run_dir_of",
     "save_model",
+    "swap_in",
     "weight_matrix",
+    "write_model",
 ]
 
 try:
@@ -254,22 +257,22 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str = "cpu"):
     """Load a causal LM and its tokenizer from a local directory or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _resolve_source(name_or_path)
-    torch_dtype = _resolve_dtype(dtype, source, device)
+    source = resolve_source(name_or_path)
+    torch_dtype = resolve_dtype(dtype, source, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, safetensors errors...
         where = "" if Path(source).is_dir() else " (no local directory of that name; tried the Hugging Face hub)"
-        raise ModelError(f"cannot load a causal LM from {name_or_path!r}{where}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load a causal LM from {name_or_path!r}{where}: {first_line(e)}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
     model.eval()
     return model, tokenizer
 
 
-def _resolve_source(name_or_path: str) -> str:
+def resolve_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -285,7 +288,7 @@ def _resolve_source(name_or_path: str) -> str:
     return name_or_path  # a hub id such as "meta-llama/Llama-2-7b-hf"
 
 
-def _resolve_dtype(dtype: str, source: str, device: str):
+def resolve_dtype(dtype: str, source: str, device: str):
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != "auto":
@@ -306,13 +309,20 @@ def check_save_target(path: str | os.PathLike, overwrite: bool) -> None:
 
 def save_model(model: nn.Module, tokenizer, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a from_pretrained-loadable directory atomically: all of it appears, or nothing."""
+    return write_dir_atomically(path, overwrite, lambda tmp: write_model(model, tokenizer, tmp))
 
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
 
-    return write_dir_atomically(path, overwrite, write)
+def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
+    """``save_pretrained`` the model (and tokenizer, if given) into an existing directory."""
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """The hidden sibling where a ``--save path`` run keeps its progress (resume.py)."""
+    path = Path(path).absolute()
+    return path.parent / f".{path.name}.thanos-run"
 
 
 def write_dir_atomically(path: str | os.PathLike, overwrite: bool, write) -> Path:
@@ -329,7 +339,7 @@ def write_dir_atomically(path: str | os.PathLike, overwrite: bool, write) -> Pat
     tmp.mkdir()
     try:
         write(tmp)
-        _swap_in(tmp, path)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -347,7 +357,8 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, new)
 
 
-def _swap_in(new: Path, path: Path) -> None:
+def swap_in(new: Path, path: Path) -> None:
+    """Rename the finished directory ``new`` to ``path``, replacing what is there only once it is in place."""
     if not path.exists():
         os.replace(new, path)
         return
@@ -361,6 +372,6 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]

@@ -5,11 +5,17 @@ block in order: forward pre-hooks accumulate the Hessian of every linear, the
 linears are pruned with :func:`thanos_rs.prune_layer`, and the block is re-run
 with its pruned weights to produce the next block's inputs. Only the current
 block and the activations are on the compute device; with ``offload="cpu"``
-the activations stay in host RAM too and the solves run on the CPU.
+the activations stay in host RAM too and the solves run on the CPU; with
+``offload="disk"`` the weights stay in their files as well (stream.py).
+
+A run that saves its result keeps its progress beside the target and resumes
+after a crash (resume.py); inside a torch.distributed process group the ranks
+share the work (distributed.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,10 +26,11 @@ from tqdm.auto import tqdm
 
 from . import spec as S
 from .data import Calibration, EvalTokens, load_calibration, load_eval_tokens
+from .distributed import World, current_world
 from .errors import DataError, InputError
 from .eval import is_perplexity_source, lm_eval_scores, perplexity, placed
 from .hessian import HESSIAN_DTYPES, HessianAccumulator
-from .export import compact_report, save_compact
+from .export import compact_report, write_compact
 from .kernels import prune_layer
 from .model import (
     Decoder,
@@ -34,16 +41,20 @@ from .model import (
     model_context,
     move_outside_blocks,
     run_block,
-    save_model,
     weight_matrix,
+    write_model,
 )
 from .report import LayerRecord, PruneReport, peak_memory, versions
+from .resume import RunDir
 from .shrink import check_shrinkable, shrink_mlp
+from .stream import ShardWriter, StreamedModel
 
 __all__ = ["PruneConfig", "check_config", "prune_model", "prune_blocks", "resolve_device"]
 
 DEFAULT_MAX_SEQLEN = 2048
-OFFLOAD_MODES = ("none", "cpu")
+OFFLOAD_MODES = ("none", "cpu", "disk")
+# Settings that change nothing in the pruned model: a resumed run may differ in them.
+NOT_IN_FINGERPRINT = ("save", "overwrite", "report", "progress")
 SAVE_FORMATS = ("dense", "compact")
 
 
@@ -62,7 +73,7 @@ class PruneConfig:
     calib: str = "c4"
     seed: int = 0
     device: str = "auto"
-    offload: str = "none"
+    offload: str = "none"  # "cpu": activations and solves on the host; "disk": weights streamed too
     true_sequential: bool = False
     batch_size: int = 8  # calibration sequences per forward pass
     hessian_dtype: str = "float32"
@@ -78,19 +89,28 @@ class PruneConfig:
     progress: bool = True
 
 
-def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
+def prune_model(model: nn.Module | StreamedModel, tokenizer, config: PruneConfig | None = None,
                 calibration: torch.Tensor | None = None) -> PruneReport:
     """Prune ``model`` in place as ``config`` says; return the report.
 
     ``calibration`` (nsamples x seqlen token ids) replaces ``config.calib``;
     ``tokenizer`` may then be None if nothing is evaluated or saved with it.
     Every argument is checked before any work starts, so a bad one costs no time
-    and leaves no output behind.
+    and leaves no output behind. ``model`` is a :class:`StreamedModel`
+    (:func:`thanos_rs.open_streamed`) exactly when ``config.offload == "disk"``.
+    With ``config.save`` the run resumes what an identical earlier call left
+    unfinished. Under an initialised torch.distributed process group every rank
+    makes this call and the work is shared; rank 0 evaluates and saves.
     """
     config = config or PruneConfig()
     start = time.perf_counter()
+    streamed = model if isinstance(model, StreamedModel) else None
+    model = streamed.model if streamed else model
     layer_spec = check_config(config, tokenizer_given=tokenizer is not None, calibration_given=calibration is not None)
+    if (streamed is not None) != (config.offload == "disk"):
+        raise InputError("offload 'disk' and a StreamedModel (thanos_rs.open_streamed) go together: pass both or neither")
     device = resolve_device(config.device)
+    world = current_world()
     decoder = find_decoder(model)
     if config.shrink:
         check_shrinkable(model)
@@ -108,14 +128,24 @@ def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
     report = PruneReport(
         config={**asdict(config), "pattern": str(layer_spec.pattern)},
         layers=[],
-        protocol=_protocol(model, calib, ppl_data, seqlen, config, device),
+        protocol=_protocol(model, calib, ppl_data, seqlen, config, device, world),
         model_parameters=sum(p.numel() for p in model.parameters()),
     )
     def evaluate():
+        if not world.main:
+            return {}, {}
         return _evaluate(model, tokenizer, decoder, ppl_data, tasks, seqlen, device, config)
 
-    report.perplexity_before, report.lm_eval_before = evaluate()
-    report.layers = prune_blocks(model, decoder, calib.input_ids, config, device)
+    job = _Job(world=world, streamed=streamed)
+    if config.save:
+        job.run = RunDir(config.save, _fingerprint(model, config, calib, world), world)
+        job.progress = job.run.open(config.overwrite)
+    if job.progress:
+        report.perplexity_before, report.lm_eval_before = job.progress["perplexity_before"], job.progress["lm_eval_before"]
+    else:
+        report.perplexity_before, report.lm_eval_before = evaluate()
+    job.before = {"perplexity_before": report.perplexity_before, "lm_eval_before": report.lm_eval_before}
+    report.layers = prune_blocks(model, decoder, calib.input_ids, config, device, job)
     pruned = {r.name for r in report.layers}
     report.skipped_layers = [n for i in range(len(decoder.blocks)) for n in decoder.linears(i) if n not in pruned]
     report.perplexity_after, report.lm_eval_after = evaluate()
@@ -124,12 +154,11 @@ def prune_model(model: nn.Module, tokenizer, config: PruneConfig | None = None,
     report.seconds = time.perf_counter() - start
     if config.shrink:
         report.shrunk = shrink_mlp(model)
-    if config.save:
-        save = save_compact if config.save_format == "compact" else save_model
-        save(model, tokenizer, config.save, config.overwrite)
-        if config.save_format == "compact":
+    if job.run:
+        job.run.finish(lambda directory: _write_output(model, tokenizer, config, job, directory))
+        if config.save_format == "compact" and world.main:
             report.checkpoint = compact_report(config.save).to_dict()
-    if config.report:
+    if config.report and world.main:
         path = report.write_json(config.report)
         report.plot(path.with_suffix(".png"))
     return report
@@ -155,27 +184,89 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+@dataclass
+class _Job:
+    """How a prune_model call runs: alone or as one rank, resumable or not, in RAM or from disk."""
+
+    world: World = field(default_factory=World)
+    streamed: StreamedModel | None = None
+    run: RunDir | None = None
+    progress: dict | None = None  # what the resumed run had finished
+    before: dict = field(default_factory=dict)  # the evaluation before pruning, kept with the progress
+
+
 @torch.no_grad()
 def prune_blocks(model: nn.Module, decoder: Decoder, input_ids: torch.Tensor, config: PruneConfig,
-                 device: torch.device) -> list[LayerRecord]:
+                 device: torch.device, job: _Job | None = None) -> list[LayerRecord]:
     """The sequential pipeline proper; returns one record per pruned linear, in order."""
-    store = torch.device("cpu") if config.offload == "cpu" else device
-    hidden, calls = _embed(model, decoder, input_ids, config.batch_size, device, store)
+    job = job or _Job()
+    store = torch.device("cpu") if config.offload in ("cpu", "disk") else device
+    batches = job.world.batches(list(input_ids.split(config.batch_size)))
+    hidden, calls = _embed(model, decoder, batches, device, store)
     records: list[LayerRecord] = []
-    bar = tqdm(range(len(decoder.blocks)), desc="blocks", unit="block", file=sys.stderr, disable=not config.progress)
+    first = 0
+    if job.progress:
+        first = job.progress["done"]
+        if job.world.main:
+            print(f"resuming from {job.run.root}: {first} of {len(decoder.blocks)} blocks already pruned",
+                  file=sys.stderr)
+        records = [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in job.progress["records"]]
+        hidden = [h.to(store) for h in job.run.hidden(first)]
+        if not job.streamed:
+            job.run.restore_blocks(decoder, first)
+    n = len(decoder.blocks)
+    bar = tqdm(range(first, n), initial=first, total=n, desc="blocks", unit="block", file=sys.stderr,
+               disable=not (config.progress and job.world.main))
     for index in bar:
         block = decoder.blocks[index]
+        if job.streamed:
+            job.streamed.load_block(index)
         home = _device_of(block)
         block.to(device)
         block_calls = {size: per_block[index] for size, per_block in calls.items()}
-        records += _prune_block(decoder, index, hidden, block_calls, config, device)
+        records += _prune_block(decoder, index, hidden, block_calls, config, device, job.world)
         # The pruned block's outputs are the next block's inputs.
         hidden = [run_block(block, h.to(device), block_calls[len(h)]).to(store) for h in hidden]
         block.to(home)
+        if job.run:
+            _commit(job, decoder, index, hidden, records)
+        if job.streamed:
+            job.streamed.release_block(index)
     return records
 
 
-def _embed(model, decoder, input_ids, batch_size, device, store):
+def _commit(job: _Job, decoder: Decoder, index: int, hidden, records) -> None:
+    """Make block ``index`` durable: its pruned tensors, its outputs, the records so far."""
+    progress = {**job.before, "records": [asdict(r) for r in records]}
+    if job.streamed:  # the block's shard of the output, written once and final
+        if job.world.main:
+            ShardWriter(job.run.model_dir, len(decoder.blocks)).write(index, job.streamed.block_tensors(index))
+        job.run.commit(index, hidden, progress, block_tensors=None)
+    else:
+        prefix = f"{decoder.prefix}.{index}."
+        state = {prefix + k: v for k, v in decoder.blocks[index].state_dict().items()}
+        job.run.commit(index, hidden, progress, block_tensors=state)
+
+
+def _write_output(model, tokenizer, config: PruneConfig, job: _Job, directory) -> None:
+    """Complete the output directory of a finished run (called on rank 0 only)."""
+    if job.streamed:
+        writer = ShardWriter(directory, len(job.streamed.decoder.blocks))
+        writer.write(len(job.streamed.decoder.blocks), job.streamed.outside_tensors())
+        writer.write_index()
+        model.config.dtype = job.streamed.dtype
+        model.config.save_pretrained(directory)
+        if model.can_generate():
+            model.generation_config.save_pretrained(directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+    elif config.save_format == "compact":
+        write_compact(model, tokenizer, directory)
+    else:
+        write_model(model, tokenizer, directory)
+
+
+def _embed(model, decoder, batches, device, store):
     """Block 0's inputs per mini-batch, and every block's recorded call per batch size.
 
     Calibration sequences are unpadded and of equal length, so a block's call
@@ -185,7 +276,7 @@ def _embed(model, decoder, input_ids, batch_size, device, store):
     move_outside_blocks(model, decoder, device)
     hidden, calls = [], {}
     try:
-        for batch in input_ids.split(batch_size):
+        for batch in batches:
             h, per_block = capture_block_calls(model, decoder, batch.to(device))
             hidden.append(h.to(store))
             calls.setdefault(len(batch), per_block)
@@ -194,7 +285,7 @@ def _embed(model, decoder, input_ids, batch_size, device, store):
     return hidden, calls
 
 
-def _prune_block(decoder, index, hidden, calls, config, device) -> list[LayerRecord]:
+def _prune_block(decoder, index, hidden, calls, config, device, world: World) -> list[LayerRecord]:
     block = decoder.blocks[index]
     linears = decoder.linears(index)
     groups = linear_groups(block, linears, hidden[0].to(device), calls[len(hidden[0])])
@@ -203,19 +294,21 @@ def _prune_block(decoder, index, hidden, calls, config, device) -> list[LayerRec
     steps = [[g] for g in groups] if config.true_sequential else [groups]
     records = []
     bar = tqdm(total=sum(map(len, groups)), desc=f"block {index}", unit="layer", leave=False,
-               file=sys.stderr, disable=not config.progress)
+               file=sys.stderr, disable=not (config.progress and world.main))
     for step in steps:
-        hessians = _accumulate(block, [linears[g[0]] for g in step], hidden, calls, config, device)
-        for group, hessian in zip(step, hessians):
-            for name in group:
-                bar.set_postfix_str(name.rsplit(".", 1)[-1])
-                records.append(_prune_linear(name, linears[name], hessian, config))
-                bar.update()
+        hessians = _accumulate(block, [linears[g[0]] for g in step], hidden, calls, config, device, world)
+        names = [(name, hessian) for group, hessian in zip(step, hessians) for name in group]
+        for position, (name, hessian) in enumerate(names):
+            bar.set_postfix_str(name.rsplit(".", 1)[-1])
+            owner = world.owner(position)  # several ranks: each solves every size-th layer of the step
+            record = _prune_linear(name, linears[name], hessian, config) if owner == world.rank else None
+            records.append(world.share(linears[name].weight.data, record, owner))
+            bar.update()
     bar.close()
     return records
 
 
-def _accumulate(block, readers, hidden, calls, config, device) -> list[torch.Tensor]:
+def _accumulate(block, readers, hidden, calls, config, device, world: World) -> list[torch.Tensor]:
     """Run the block over all calibration batches; the Hessian of each reader's input."""
     accumulators = [HessianAccumulator(weight_matrix(m).shape[1], device, config.hessian_dtype) for m in readers]
     handles = [acc.hook(m) for acc, m in zip(accumulators, readers)]
@@ -225,7 +318,7 @@ def _accumulate(block, readers, hidden, calls, config, device) -> list[torch.Ten
     finally:
         for handle in handles:
             handle.remove()
-    return [acc.hessian for acc in accumulators]
+    return [world.mean_hessian(acc.hessian, acc.tokens) for acc in accumulators]
 
 
 def _prune_linear(name: str, module: nn.Module, hessian: torch.Tensor, config: PruneConfig) -> LayerRecord:
@@ -264,6 +357,18 @@ def _calibration(model, tokenizer, config: PruneConfig, calibration) -> Calibrat
     return load_calibration(config.calib, tokenizer, config.nsamples, seqlen, config.seed)
 
 
+def _fingerprint(model, config: PruneConfig, calib: Calibration, world: World) -> dict:
+    """What decides the pruned model: a saved run resumes only under the same fingerprint."""
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_IN_FINGERPRINT}
+    ids = calib.input_ids.contiguous().numpy().tobytes()
+    return {
+        "model": getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
+        "settings": settings,
+        "calibration_sha256": hashlib.sha256(ids).hexdigest(),
+        "processes": world.size,
+    }
+
+
 def _check_seqlen(seqlen: int, context: int | None) -> None:
     if context is not None and seqlen > context:
         raise InputError(
@@ -289,6 +394,8 @@ def _check_options(config: PruneConfig, tokenizer_given: bool, calibration_given
         raise InputError(f"save_format must be one of {', '.join(SAVE_FORMATS)}, got {config.save_format!r}")
     if config.shrink and (S.parse_pattern(config.pattern).kind != "structured" or config.alpha > 0):
         raise InputError("shrink removes whole MLP channels: it needs pattern 'structured' with alpha=0")
+    if config.offload == "disk":
+        _check_disk_offload(config)
     if config.backend not in S.BACKENDS:
         raise InputError(f"unknown backend {config.backend!r}: choose one of {', '.join(S.BACKENDS)}")
     if not calibration_given:
@@ -302,7 +409,18 @@ def _check_options(config: PruneConfig, tokenizer_given: bool, calibration_given
         )
 
 
-def _protocol(model, calib: Calibration, ppl_data, seqlen, config, device) -> dict:
+def _check_disk_offload(config: PruneConfig) -> None:
+    if not config.save:
+        raise InputError("offload 'disk' writes the pruned model block by block as it goes: give it --save DIR")
+    if config.save_format != "dense" or config.shrink:
+        raise InputError("offload 'disk' writes dense safetensors shards: drop --format compact and --shrink, "
+                         "or prune in RAM with --offload cpu")
+    if config.eval:
+        raise InputError("offload 'disk' never holds the whole model, so it cannot evaluate it: drop --eval and "
+                         "evaluate the saved directory afterwards, or prune in RAM with --offload cpu")
+
+
+def _protocol(model, calib: Calibration, ppl_data, seqlen, config, device, world: World) -> dict:
     return {
         "model": getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
         "calibration": calib.protocol,
@@ -312,6 +430,7 @@ def _protocol(model, calib: Calibration, ppl_data, seqlen, config, device) -> di
         "device": str(device),
         "offload": config.offload,
         "true_sequential": config.true_sequential,
+        "processes": world.size,
     }
 
 

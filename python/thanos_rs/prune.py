@@ -5,6 +5,9 @@ it, it prunes the small model bundled with the package: given ``--method`` or
 ``--pattern``, that one configuration; otherwise the comparison demo, a
 perplexity table of every method at unstructured 50%, 2:4 and structured 30%.
 
+Under ``torchrun --nproc-per-node N`` the processes share the work
+(distributed.py); rank 0 prints, evaluates and writes.
+
 Errors a user can fix print one line ``error: ...`` and exit with status 2.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 
@@ -50,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: c4; the bundled text for the bundled model)")
     add("--seed", type=int, default=0, help="seed of the calibration sampler (default: %(default)s)")
     add("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu (default: %(default)s)")
-    add("--offload", choices=("none", "cpu"), default="none", help="cpu: keep model and activations in host RAM "
-        "and solve on the CPU with the Rust kernels; the device only runs forward passes and Hessians "
-        "(default: %(default)s)")
+    add("--offload", choices=("none", "cpu", "disk"), default="none", help="cpu: keep model and activations in "
+        "host RAM and solve on the CPU with the Rust kernels; the device only runs forward passes and Hessians. "
+        "disk: as cpu, and the weights stay in the checkpoint's safetensors files: one decoder block at a time "
+        "is read, pruned and written to --save, so peak RAM is about one block plus activations (needs --save; "
+        "no --eval) (default: %(default)s)")
     add("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto", help="dtype to load the "
         "model in; auto: the checkpoint's on CUDA, float32 on CPU (default: %(default)s)")
     add("--true-sequential", action="store_true", help="re-run each block between its linear groups "
@@ -63,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--backend", choices=S.BACKENDS, default="auto", help="layer solver: auto (torch on CUDA, rust on CPU), "
         "rust, torch, reference (default: %(default)s)")
     add("--save", default=None, metavar="DIR", help="write the pruned model here as a Hugging Face directory, "
-        "atomically (default: not saved)")
+        "atomically; progress is kept in .DIR.thanos-run beside it, so the same command resumes a killed run "
+        "from its last finished block (default: not saved)")
     add("--format", dest="save_format", choices=("dense", "compact"), default="dense", help="--save layout: dense "
         "safetensors, or compact (N:M values + 2-bit positions, bitmask + values for unstructured; load with "
         "thanos_rs.load_pretrained) (default: %(default)s)")
     add("--shrink", action="store_true", help="with --pattern structured and alpha 0: remove the pruned MLP "
         "channels so the saved model has a smaller intermediate_size (default: off)")
-    add("--overwrite", action="store_true", help="replace an existing non-empty --save directory (default: refuse)")
+    add("--overwrite", action="store_true", help="replace an existing non-empty --save directory, and discard an "
+        "unfinished run of a different command there (default: refuse)")
     add("--eval", nargs="+", default=None, metavar="TARGET", help="perplexity on wikitext2 or a .txt/.jsonl file, "
         "and/or lm-eval task names, before and after pruning (default: none; the bundled text for the bundled model)")
     add("--lm-eval-include", default=None, metavar="DIR", help="directory of extra lm-eval task YAMLs (default: none)")
@@ -92,17 +100,41 @@ def main(argv: list[str] | None = None) -> int:
         return _prune_one(args)
     except ThanosError as e:
         print(f"error: {e}", file=sys.stderr)
+        _say_if_resumable(args.save)
         return 2
+    except KeyboardInterrupt:
+        _say_if_resumable(args.save)
+        return 130
+
+
+def _say_if_resumable(save: str | None) -> None:
+    from .model import run_dir_of
+
+    if save and (run_dir_of(save) / "state" / "progress.json").is_file():
+        print(f"the blocks finished so far are kept in {run_dir_of(save)}: the same command resumes from there",
+              file=sys.stderr)
 
 
 def _prune_one(args) -> int:
+    from .distributed import init_from_env
     from .model import load_model
     from .pipeline import check_config, prune_model
+    from .stream import open_streamed
 
     config, model_path = _config(args)
     check_config(config)
-    model, tokenizer = load_model(model_path, args.dtype, _load_device(args))
-    report = prune_model(model, tokenizer, config)
+    world = init_from_env(args.device)
+    try:
+        load = open_streamed if config.offload == "disk" else load_model
+        model, tokenizer = load(model_path, args.dtype, _load_device(args))
+        report = prune_model(model, tokenizer, config)
+    finally:
+        if world.size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not world.main:
+        return 0
     print(report.table())
     if report.checkpoint:
         from .export import compact_report
@@ -171,6 +203,9 @@ def _demo(args) -> int:
 
     if args.save:
         raise InputError("--save needs one configuration: add --method or --pattern to prune the bundled model once")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("the comparison demo runs in one process: add --method or --pattern to share one run "
+                         "across processes")
     full, model_path = _config(args)
     base = replace(full, report=None, eval=[])
     check_config(base)

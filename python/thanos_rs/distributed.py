@@ -1,0 +1,99 @@
+"""Several processes, one run: ``torchrun --nproc-per-node N -m thanos_rs.prune ...``.
+
+Every rank holds the model and runs its share of the calibration batches
+through each block; each layer Hessian is then summed over the ranks, weighted
+by their token counts, which is the same running mean one process computes (up
+to float rounding). The layer solves of a block are shared out whole,
+round-robin, and each pruned weight is broadcast from the rank that solved it,
+so every rank continues with identical weights. Rank 0 evaluates, writes the
+model and the report.
+
+Whole layers, not rows of a layer: Thanos's and SparseGPT's unstructured masks,
+magnitude's and every structured column choice rank the weights of all rows
+together, and every rank would need the full ``O(b^3)`` factorisation of H
+anyway, which is most of a large layer's time. Sharing out whole layers keeps
+the results identical to one process and does no work twice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import InputError
+
+__all__ = ["World", "current_world", "init_from_env"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of the run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    def batches(self, batches: list) -> list:
+        """This rank's calibration batches (every size-th, from its rank on)."""
+        if len(batches) < self.size:
+            raise InputError(
+                f"{self.size} processes need at least {self.size} calibration batches, got {len(batches)}; "
+                "raise --nsamples or lower --batch-size"
+            )
+        return batches[self.rank::self.size]
+
+    def owner(self, position: int) -> int:
+        """The rank that solves the ``position``-th layer of a step."""
+        return position % self.size
+
+    def mean_hessian(self, hessian: torch.Tensor, tokens: int) -> torch.Tensor:
+        """The running mean over every rank's tokens, from each rank's own mean over ``tokens``."""
+        if self.size == 1:
+            return hessian
+        total = hessian * tokens
+        count = torch.tensor([float(tokens)], dtype=torch.float64, device=hessian.device)
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+        return total / count.item()
+
+    def share(self, tensor: torch.Tensor, record, owner: int):
+        """Give every rank the owner's ``tensor`` (in place) and ``record``; returns the record."""
+        if self.size == 1:
+            return record
+        dist.broadcast(tensor, src=owner)
+        box = [record]
+        dist.broadcast_object_list(box, src=owner)
+        return box[0]
+
+
+def current_world() -> World:
+    """The initialised default process group, if any, as a World."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def init_from_env(device: str) -> World:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1).
+
+    gloo for CPU runs, NCCL when the run's device is CUDA, where each rank takes
+    the GPU of its LOCAL_RANK.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1 or dist.is_initialized():
+        return current_world()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return current_world()
