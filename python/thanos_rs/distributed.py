@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import InputError
+from .errors import InputError, ThanosError
 
 __all__ = ["World", "current_world", "init_from_env"]
 
@@ -66,13 +66,24 @@ class World:
         dist.all_reduce(count)
         return total / count.item()
 
-    def share(self, tensor: torch.Tensor, record, owner: int):
-        """Give every rank the owner's ``tensor`` (in place) and ``record``; returns the record."""
+    def solve_on(self, owner: int, solve, tensor: torch.Tensor):
+        """Run ``solve()`` on rank ``owner``; every rank gets its return value and ``tensor`` (in place).
+
+        An error the owner meets is raised on every rank, so none is left waiting in a collective.
+        """
         if self.size == 1:
-            return record
-        dist.broadcast(tensor, src=owner)
-        box = [record]
+            return solve()
+        outcome = None
+        if self.rank == owner:
+            try:
+                outcome = solve()
+            except ThanosError as e:
+                outcome = e
+        box = [outcome]
         dist.broadcast_object_list(box, src=owner)
+        if isinstance(box[0], ThanosError):
+            raise box[0]
+        dist.broadcast(tensor, src=owner)
         return box[0]
 
 

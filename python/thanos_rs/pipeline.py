@@ -300,9 +300,10 @@ def _prune_block(decoder, index, hidden, calls, config, device, world: World) ->
         names = [(name, hessian) for group, hessian in zip(step, hessians) for name in group]
         for position, (name, hessian) in enumerate(names):
             bar.set_postfix_str(name.rsplit(".", 1)[-1])
-            owner = world.owner(position)  # several ranks: each solves every size-th layer of the step
-            record = _prune_linear(name, linears[name], hessian, config) if owner == world.rank else None
-            records.append(world.share(linears[name].weight.data, record, owner))
+            module = linears[name]
+            # Several ranks: each solves every size-th layer of the step and sends it to the others.
+            records.append(world.solve_on(world.owner(position), lambda: _prune_linear(name, module, hessian, config),
+                                          module.weight.data))
             bar.update()
     bar.close()
     return records
