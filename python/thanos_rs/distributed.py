@@ -4,7 +4,7 @@ Every rank holds the model and runs its share of the calibration batches
 through each block; each layer Hessian is then summed over the ranks, weighted
 by their token counts, which is the same running mean one process computes (up
 to float rounding). The layer solves of a block are shared out whole,
-round-robin, and each pruned weight is broadcast from the rank that solved it,
+balanced by their cost, and each pruned weight is broadcast from the rank that solved it,
 so every rank continues with identical weights. Rank 0 evaluates, writes the
 model and the report.
 
@@ -52,9 +52,18 @@ class World:
             )
         return batches[self.rank::self.size]
 
-    def owner(self, position: int) -> int:
-        """The rank that solves the ``position``-th layer of a step."""
-        return position % self.size
+    def owners(self, shapes: list[tuple[int, int]]) -> list[int]:
+        """The rank that solves each layer of a step: largest solve first, to the least loaded rank.
+
+        A (c, b) solve costs about ``b^3 + c b^2`` (ALGORITHM.md, complexity); every rank
+        computes the same assignment from the shapes alone.
+        """
+        load = [0.0] * self.size
+        owners = [0] * len(shapes)
+        for i in sorted(range(len(shapes)), key=lambda i: (-_cost(shapes[i]), i)):
+            owners[i] = min(range(self.size), key=lambda r: (load[r], r))
+            load[owners[i]] += _cost(shapes[i])
+        return owners
 
     def mean_hessian(self, hessian: torch.Tensor, tokens: int) -> torch.Tensor:
         """The running mean over every rank's tokens, from each rank's own mean over ``tokens``."""
@@ -85,6 +94,11 @@ class World:
             raise box[0]
         dist.broadcast(tensor, src=owner)
         return box[0]
+
+
+def _cost(shape: tuple[int, int]) -> float:
+    rows, cols = shape
+    return float(cols) ** 3 + float(rows) * cols * cols
 
 
 def current_world() -> World:

@@ -260,7 +260,10 @@ def _write_output(model, tokenizer, config: PruneConfig, job: _Job, directory) -
             model.generation_config.save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
-    elif config.save_format == "compact":
+        return
+    for leftover in directory.iterdir():  # a run killed while writing them, then resumed
+        leftover.unlink()
+    if config.save_format == "compact":
         write_compact(model, tokenizer, directory)
     else:
         write_model(model, tokenizer, directory)
@@ -298,11 +301,12 @@ def _prune_block(decoder, index, hidden, calls, config, device, world: World) ->
     for step in steps:
         hessians = _accumulate(block, [linears[g[0]] for g in step], hidden, calls, config, device, world)
         names = [(name, hessian) for group, hessian in zip(step, hessians) for name in group]
-        for position, (name, hessian) in enumerate(names):
+        # Several ranks: each solves its share of the step's layers and sends them to the others.
+        owners = world.owners([tuple(weight_matrix(linears[name]).shape) for name, _ in names])
+        for owner, (name, hessian) in zip(owners, names):
             bar.set_postfix_str(name.rsplit(".", 1)[-1])
             module = linears[name]
-            # Several ranks: each solves every size-th layer of the step and sends it to the others.
-            records.append(world.solve_on(world.owner(position), lambda: _prune_linear(name, module, hessian, config),
+            records.append(world.solve_on(owner, lambda: _prune_linear(name, module, hessian, config),
                                           module.weight.data))
             bar.update()
     bar.close()
