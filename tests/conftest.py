@@ -62,12 +62,15 @@ def tiny_config(arch: str):
     return classes[arch](**base, **extra)
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, **config_overrides):
     import torch
     import transformers
 
+    config = tiny_config(arch)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
-    return transformers.AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
 def random_llama_dir(path: Path, layers: int, hidden: int = 512, intermediate: int = 1536,

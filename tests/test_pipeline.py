@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -274,3 +275,40 @@ def test_nm_pattern_that_does_not_tile_a_layer_is_refused_up_front(tmp_path):
 def test_unsupported_model_is_a_model_error():
     with pytest.raises(ModelError, match="no nn.ModuleList of decoder blocks"):
         _prune(torch.nn.Sequential(torch.nn.Embedding(512, 8), torch.nn.Linear(8, 512)))
+
+
+@pytest.mark.parametrize("stop_at", ["rename of the work directory", "removal of the finished work directory"])
+def test_a_run_killed_after_its_final_rename_is_complete_and_its_leftovers_go(tmp_path, monkeypatch, stop_at):
+    from thanos_rs import resume
+
+    real_replace, real_rmtree = resume.os.replace, resume.shutil.rmtree
+
+    def replace(src, dst):
+        if str(dst).endswith(".thanos-run.done") and stop_at.startswith("rename"):
+            raise KeyboardInterrupt  # the kill, between moving model/ into place and retiring the work directory
+        return real_replace(src, dst)
+
+    def rmtree(path, *args, **kwargs):
+        if str(path).endswith(".thanos-run.done") and stop_at.startswith("removal") and os.path.isdir(path):
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(resume.os, "replace", replace)
+    monkeypatch.setattr(resume.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        _prune(tiny_model("llama"), save=str(tmp_path / "out"))
+    monkeypatch.undo()
+    assert (tmp_path / "out" / "model.safetensors").is_file()  # the output is complete
+    with pytest.raises(InputError, match="exists and is not empty"):
+        _prune(tiny_model("llama"), save=str(tmp_path / "out"))
+    _prune(tiny_model("llama"), save=str(tmp_path / "out"), overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_another_dtype_is_another_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "prune_layer", lambda *a, **k: (_ for _ in ()).throw(HessianError("no")))
+    with pytest.raises(HessianError):
+        _prune(tiny_model("llama"), save=str(tmp_path / "out"))
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"differs in: dtype"):
+        _prune(tiny_model("llama").double(), save=str(tmp_path / "out"))

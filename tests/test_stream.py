@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import random_llama_dir
+from conftest import fixture_path, random_llama_dir, tiny_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -157,3 +157,32 @@ def test_a_checkpoint_missing_a_block_tensor_is_a_model_error(stories_model_dir,
     with pytest.raises(ModelError, match="model.layers.2.mlp.up_proj.weight"):
         prune_model(streamed, tokenizer, _config(tmp_path / "out", offload="disk"), _ids())
     assert not (tmp_path / "out").exists()
+
+
+def _checkpoint_from(model, directory, rename=lambda key: key, extra=None):
+    """``model`` saved as safetensors, its keys renamed and ``extra`` tensors added, with a tokenizer."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(directory)
+    tensors = {rename(k): v for k, v in load_file(directory / "model.safetensors").items()}
+    save_file({**tensors, **(extra or {})}, directory / "model.safetensors", metadata={"format": "pt"})
+    tokenizer_dir = fixture_path("stories260k")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (directory / name).write_bytes((tokenizer_dir / name).read_bytes())
+    return directory
+
+
+@pytest.mark.parametrize("case", ["gpt2 saved without its transformer. prefix", "tied lm_head stored anyway"])
+def test_disk_offload_reads_checkpoints_as_from_pretrained_does(tmp_path, case):
+    if case.startswith("gpt2"):
+        model = tiny_model("gpt2")
+        source = _checkpoint_from(model, tmp_path / "src", rename=lambda k: k.removeprefix("transformer."))
+    else:
+        model = tiny_model("llama", tie_word_embeddings=True)
+        embeddings = model.get_input_embeddings().weight.detach().clone()
+        source = _checkpoint_from(model, tmp_path / "src", extra={"lm_head.weight": embeddings})
+    in_ram, tokenizer = load_model(str(source))
+    prune_model(in_ram, tokenizer, _config(tmp_path / "ram"), _ids(seqlen=32))
+    streamed, tokenizer = open_streamed(str(source))
+    prune_model(streamed, tokenizer, _config(tmp_path / "disk", offload="disk"), _ids(seqlen=32))
+    _assert_same_weights(_state(tmp_path / "ram"), _state(tmp_path / "disk"))

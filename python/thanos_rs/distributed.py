@@ -6,7 +6,7 @@ by their token counts, which is the same running mean one process computes (up
 to float rounding). The layer solves of a block are shared out whole,
 balanced by their cost, and each pruned weight is broadcast from the rank that solved it,
 so every rank continues with identical weights. Rank 0 evaluates, writes the
-model and the report.
+model and the report; ``--save`` must be on a filesystem every rank sees.
 
 Whole layers, not rows of a layer: Thanos's and SparseGPT's unstructured masks,
 magnitude's and every structured column choice rank the weights of all rows
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,11 @@ import torch.distributed as dist
 from .errors import InputError, ThanosError
 
 __all__ = ["World", "current_world", "init_from_env"]
+
+# Ranks wait in collectives while rank 0 alone evaluates (lm-eval on a large model
+# takes hours) and while one rank solves a 28672-wide layer on a CPU: the default
+# 10-30 minutes would abort healthy runs. A failure is forwarded, never waited out.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -75,21 +81,34 @@ class World:
         dist.all_reduce(count)
         return total / count.item()
 
+    def broadcast(self, value):
+        """Rank 0's ``value`` (any picklable object), on every rank."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def solve_on(self, owner: int, solve, tensor: torch.Tensor):
         """Run ``solve()`` on rank ``owner``; every rank gets its return value and ``tensor`` (in place).
 
-        An error the owner meets is raised on every rank, so none is left waiting in a collective.
+        An error the owner meets is raised on every rank (a ThanosError as it is,
+        anything else described in one), so none is left waiting in a collective.
         """
         if self.size == 1:
             return solve()
-        outcome = None
+        outcome, failure = None, None
         if self.rank == owner:
             try:
                 outcome = solve()
             except ThanosError as e:
                 outcome = e
+            except Exception as e:  # noqa: BLE001 - forwarded to the other ranks, then raised here as it is
+                outcome, failure = ThanosError(f"rank {owner} failed: {type(e).__name__}: {e}"), e
         box = [outcome]
         dist.broadcast_object_list(box, src=owner)
+        if failure is not None:
+            raise failure
         if isinstance(box[0], ThanosError):
             raise box[0]
         dist.broadcast(tensor, src=owner)
@@ -120,5 +139,5 @@ def init_from_env(device: str) -> World:
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return current_world()

@@ -34,7 +34,6 @@ __all__ = [
     "model_context",
     "move_outside_blocks",
     "run_block",
-    "run_dir_of",
     "save_model",
     "swap_in",
     "weight_matrix",
@@ -317,12 +316,6 @@ def write_model(model: nn.Module, tokenizer, directory: Path) -> None:
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-
-
-def run_dir_of(path: str | os.PathLike) -> Path:
-    """The hidden sibling where a ``--save path`` run keeps its progress (resume.py)."""
-    path = Path(path).absolute()
-    return path.parent / f".{path.name}.thanos-run"
 
 
 def write_dir_atomically(path: str | os.PathLike, overwrite: bool, write) -> Path:

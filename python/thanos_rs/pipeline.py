@@ -138,7 +138,7 @@ def prune_model(model: nn.Module | StreamedModel, tokenizer, config: PruneConfig
 
     job = _Job(world=world, streamed=streamed)
     if config.save:
-        job.run = RunDir(config.save, _fingerprint(model, config, calib, world), world)
+        job.run = RunDir(config.save, _fingerprint(model, config, calib, device, world), world)
         job.progress = job.run.open(config.overwrite)
     if job.progress:
         report.perplexity_before, report.lm_eval_before = job.progress["perplexity_before"], job.progress["lm_eval_before"]
@@ -362,7 +362,7 @@ def _calibration(model, tokenizer, config: PruneConfig, calibration) -> Calibrat
     return load_calibration(config.calib, tokenizer, config.nsamples, seqlen, config.seed)
 
 
-def _fingerprint(model, config: PruneConfig, calib: Calibration, world: World) -> dict:
+def _fingerprint(model, config: PruneConfig, calib: Calibration, device: torch.device, world: World) -> dict:
     """What decides the pruned model: a saved run resumes only under the same fingerprint."""
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_IN_FINGERPRINT}
     ids = calib.input_ids.contiguous().numpy().tobytes()
@@ -370,6 +370,8 @@ def _fingerprint(model, config: PruneConfig, calib: Calibration, world: World) -
         "model": getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__,
         "settings": settings,
         "calibration_sha256": hashlib.sha256(ids).hexdigest(),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": device.type,
         "processes": world.size,
     }
 

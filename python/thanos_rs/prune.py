@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say_if_resumable(save: str | None) -> None:
-    from .model import run_dir_of
+    from .resume import unfinished_run
 
-    if save and (run_dir_of(save) / "state" / "progress.json").is_file():
-        print(f"the blocks finished so far are kept in {run_dir_of(save)}: the same command resumes from there",
-              file=sys.stderr)
+    root = unfinished_run(save) if save else None
+    if root and (root / "state" / "progress.json").is_file():
+        print(f"the blocks finished so far are kept in {root}: the same command resumes from there", file=sys.stderr)
 
 
 def _prune_one(args) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LayerRecord", "PruneReport", "peak_memory", "versions", "write_atomic"]
+__all__ = ["LayerRecord", "PruneReport", "fsync_file", "peak_memory", "versions", "write_atomic"]
 
 
 @dataclass
@@ -178,8 +178,19 @@ def write_atomic(path: Path, write) -> Path:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the report private to this user
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a crash never leaves an empty file in place
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file written by another library to the disk, before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

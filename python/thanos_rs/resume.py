@@ -9,17 +9,23 @@ final rename is atomic) holds::
     state/block-00003.safetensors     block 3's pruned tensors (in-memory runs; disk runs have them in model/)
     state/hidden-00004-rank0.safetensors   block 4's inputs: this rank's calibration activations
 
-Every file is written under a temporary name and renamed, and ``progress.json``
-last, so whenever the process dies the directory describes a finished prefix of
-the blocks. Activations are numbered by block, so a kill between writing new ones
-and the progress file leaves the old ones valid. When the run finishes, ``model/``
-is renamed to DIR and the work directory removed: nothing partial is ever visible
-under DIR.
+Every file is written under a temporary name, flushed to disk and renamed, and
+``progress.json`` last, so whenever the process dies the directory describes a
+finished prefix of the blocks. Activations are numbered by block, so a kill
+between writing new ones and the progress file leaves the old ones valid. When
+the run finishes, ``model/`` is renamed to DIR and the work directory renamed to
+``.<DIR name>.thanos-run.done`` before it is deleted: a work directory without
+``model/`` (or a ``.done`` one) is a finished run's leftover, removed by the next
+run. Nothing partial is ever visible under DIR.
+
+In a distributed run rank 0 reads the directory and tells the other ranks what
+it found, so every rank takes the same path through the collectives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -29,10 +35,10 @@ from torch import nn
 
 from .distributed import World
 from .errors import InputError
-from .model import Decoder, run_dir_of, swap_in
-from .report import write_atomic
+from .model import Decoder, swap_in
+from .report import fsync_file, write_atomic
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "discard_finished_run", "run_dir_of", "unfinished_run"]
 
 FORMAT = 1
 
@@ -50,24 +56,31 @@ class RunDir:
 
     def open(self, overwrite: bool) -> dict | None:
         """Continue the run found here (its progress) or start afresh (None)."""
-        run_file = self.root / "run.json"
-        saved = json.loads(run_file.read_text()) if run_file.is_file() else None
-        self.world.barrier()  # every rank has read it before rank 0 may replace it
-        if saved == self.fingerprint:
-            return self._progress()
-        if saved is not None and not overwrite:
-            changed = sorted(_differences(saved, self.fingerprint))
-            raise InputError(
-                f"{self.root} holds an unfinished run of another command (differs in: {', '.join(changed)}); "
-                "repeat that command to resume it, or pass --overwrite to discard it and start this one"
-            )
-        if self.world.main:
+        decision = self._decide(overwrite) if self.world.main else None
+        action, detail = self.world.broadcast(decision)
+        if action == "refuse":
+            raise InputError(detail)
+        if action == "fresh" and self.world.main:
             shutil.rmtree(self.root, ignore_errors=True)
             self.model_dir.mkdir(parents=True)
             self.state_dir.mkdir()
-            _write_json(run_file, self.fingerprint)
+            _write_json(self.root / "run.json", self.fingerprint)
         self.world.barrier()
-        return None
+        return detail if action == "resume" else None
+
+    def _decide(self, overwrite: bool) -> tuple[str, object]:
+        discard_finished_run(self.target)
+        run_file = self.root / "run.json"
+        saved = json.loads(run_file.read_text()) if run_file.is_file() else None
+        if saved == self.fingerprint:
+            return "resume", self._progress()
+        if saved is not None and not overwrite:
+            changed = sorted(_differences(saved, self.fingerprint))
+            return "refuse", (
+                f"{self.root} holds an unfinished run of another command (differs in: {', '.join(changed)}); "
+                "repeat that command to resume it, or pass --overwrite to discard it and start this one"
+            )
+        return "fresh", None
 
     def commit(self, index: int, hidden: list[torch.Tensor], progress: dict,
                block_tensors: dict[str, torch.Tensor] | None) -> None:
@@ -99,7 +112,9 @@ class RunDir:
         if self.world.main:
             write(self.model_dir)
             swap_in(self.model_dir, self.target)
-            shutil.rmtree(self.root)
+            done = _done_dir(self.target)
+            os.replace(self.root, done)  # one step: never a work directory with half its state
+            shutil.rmtree(done)
         self.world.barrier()
         return self.target
 
@@ -111,9 +126,35 @@ class RunDir:
         return self.state_dir / f"hidden-{done:05d}-rank{rank}.safetensors"
 
 
+def run_dir_of(target: str | Path) -> Path:
+    """The hidden sibling where a ``--save target`` run keeps its progress."""
+    target = Path(target).absolute()
+    return target.parent / f".{target.name}.thanos-run"
+
+
+def unfinished_run(target: str | Path) -> Path | None:
+    """The work directory of an unfinished run towards ``target``, if there is one."""
+    root = run_dir_of(target)
+    return root if (root / "model").is_dir() and (root / "run.json").is_file() else None
+
+
+def discard_finished_run(target: str | Path) -> None:
+    """Remove what a run killed after its final rename left behind: a work directory without model/."""
+    root = run_dir_of(target)
+    if root.is_dir() and not (root / "model").is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(_done_dir(target), ignore_errors=True)
+
+
+def _done_dir(target: Path) -> Path:
+    root = run_dir_of(target)
+    return root.with_name(root.name + ".done")
+
+
 def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
+    fsync_file(tmp)
     tmp.replace(path)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import ModelError
 from .model import Decoder, find_decoder, first_line, resolve_dtype, resolve_source
+from .report import fsync_file
 
 __all__ = ["CheckpointFiles", "ShardWriter", "StreamedModel", "open_streamed"]
 
@@ -50,13 +51,7 @@ class CheckpointFiles:
         self.weight_map: dict[str, str] = weight_map
 
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """The named tensors, each file opened once and closed again (its mapping released)."""
-        missing = [k for k in keys if k not in self.weight_map]
-        if missing:
-            raise ModelError(
-                f"{self.directory} has no tensor {missing[0]!r} (and {len(missing) - 1} more) that the model "
-                "built from its config.json needs; the checkpoint and config do not match"
-            )
+        """The named (stored) tensors, each file opened once and closed again (its mapping released)."""
         by_file: dict[str, list[str]] = {}
         for key in keys:
             by_file.setdefault(self.weight_map[key], []).append(key)
@@ -73,19 +68,40 @@ class StreamedModel:
     def __init__(self, model: nn.Module, files: CheckpointFiles, dtype: torch.dtype):
         self.model, self.files, self.dtype = model, files, dtype
         self.decoder: Decoder = find_decoder(model)
+        self.stored = self._stored_names()
+
+    def _stored_names(self) -> dict[str, str]:
+        """Model state-dict key -> the checkpoint's name for it, for every key the checkpoint has.
+
+        A checkpoint saved from the base model (GPT-2's on the hub: ``h.0.attn...``)
+        lacks its ``transformer.`` prefix; from_pretrained accepts both, and so do we.
+        """
+        base = getattr(self.model, "base_model_prefix", "")
+        names = {}
+        for key in self.model.state_dict():
+            for name in (key, key.removeprefix(f"{base}.")) if base else (key,):
+                if name in self.files.weight_map:
+                    names[key] = name
+                    break
+        return names
 
     def block_keys(self, index: int) -> list[str]:
         """State-dict keys of block ``index`` that the checkpoint stores (persistent tensors)."""
         prefix = f"{self.decoder.prefix}.{index}."
-        return [prefix + k for k in self.decoder.blocks[index].state_dict() if prefix + k in self.files.weight_map]
+        return [prefix + k for k in self.decoder.blocks[index].state_dict() if prefix + k in self.stored]
 
     def outside_keys(self) -> list[str]:
         """Stored keys outside the blocks: embeddings, final norm, an untied lm_head."""
         prefix = f"{self.decoder.prefix}."
-        return [k for k in self.model.state_dict() if not k.startswith(prefix) and k in self.files.weight_map]
+        return [k for k in self.model.state_dict() if not k.startswith(prefix) and k in self.stored]
+
+    def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors of these model keys, from wherever the checkpoint stores them."""
+        tensors = self.files.read([self.stored[k] for k in keys])
+        return {k: tensors[self.stored[k]] for k in keys}
 
     def load_outside(self) -> None:
-        self._assign(self.model, "", self.files.read(self.outside_keys()))
+        self._assign(self.model, "", self.read(self.outside_keys()))
         self.model.tie_weights()  # a tied lm_head is not stored: point it at the loaded embeddings
         still_meta = [n for n, p in self.model.named_parameters()
                       if p.is_meta and not n.startswith(f"{self.decoder.prefix}.")]
@@ -94,8 +110,7 @@ class StreamedModel:
 
     def load_block(self, index: int) -> None:
         block, prefix = self.decoder.blocks[index], f"{self.decoder.prefix}.{index}."
-        tensors = self.files.read(self.block_keys(index))
-        self._assign(block, prefix, tensors)
+        self._assign(block, prefix, self.read(self.block_keys(index)))
         missing = [n for n, p in block.named_parameters() if p.is_meta]
         if missing:
             raise ModelError(f"the checkpoint in {self.files.directory} has no tensor {prefix + missing[0]!r}")
@@ -116,8 +131,14 @@ class StreamedModel:
         return {k: state[k.removeprefix(prefix)] for k in self.block_keys(index)}
 
     def outside_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors outside the blocks, a tied one (lm_head = embeddings) once, as save_pretrained does."""
         state = self.model.state_dict()
-        return {k: state[k] for k in self.outside_keys()}
+        out, seen = {}, set()
+        for key in self.outside_keys():
+            if state[key].data_ptr() not in seen:
+                seen.add(state[key].data_ptr())
+                out[key] = state[key]
+        return out
 
     def _assign(self, module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -184,6 +205,7 @@ class ShardWriter:
         path = self.directory / self.shard_name(number)
         tmp = path.with_name(f".{path.name}.partial")
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+        fsync_file(tmp)
         tmp.replace(path)
 
     def write_index(self) -> None:
