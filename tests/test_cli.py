@@ -94,6 +94,7 @@ def _bad_dirs(tmp_path):
     ("eval-short", "less than one window of seqlen=64"),
     ("nsamples", "nsamples must be a positive integer"),
     ("sparsity", "did you mean 0.5"),
+    ("cuda", "torch sees no CUDA device"),
 ])
 def test_bad_input_is_one_error_line(case, message, tmp_path, small_text, capsys):
     corrupt, t5, empty, short = _bad_dirs(tmp_path)
@@ -109,7 +110,10 @@ def test_bad_input_is_one_error_line(case, message, tmp_path, small_text, capsys
                        "--eval", str(short)],
         "nsamples": ["--model", stories, "--nsamples", "0"],
         "sparsity": ["--model", stories, "--sparsity", "50"],
+        "cuda": ["--model", stories, "--device", "cuda"],
     }[case]
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
     save = tmp_path / "save"
     assert main([*args, "--quiet", "--save", str(save), "--report", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
@@ -160,3 +164,11 @@ def test_bundled_model_single_run_uses_the_bundled_text(bundled, tmp_path, capsy
     assert doc["protocol"]["calibration"]["nsamples"] == 32 and doc["protocol"]["calibration"]["seqlen"] == 256
     assert list(doc["perplexity"]["after"]) == [str(bundled)]
     assert torch.isfinite(torch.tensor(list(doc["perplexity"]["after"].values()))).all()
+
+
+def test_demo_runs_on_the_bundled_model_and_text(capsys):
+    assert main(["--nsamples", "4", "--seqlen", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert str(default_assets.default_model_dir()) in out and "4 x 64 tokens" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["thanos"]]
+    assert len(rows) == 3 and all(float(r[3]) > 1 for r in rows)

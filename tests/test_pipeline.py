@@ -187,6 +187,31 @@ def test_stories_thanos_beats_magnitude_and_stays_sane(stories_run, small_text):
     assert stories_run["thanos"].protocol["calibration"]["sampling"] == "documents"
 
 
+@pytest.mark.parametrize("pattern,sparsity", PATTERNS)
+def test_stories_exact_sparsity_per_pattern_and_reload_gives_the_same_logits(pattern, sparsity, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path = str(fixture_path("stories260k"))
+    model, _ = load_model(path)
+    ids = torch.randint(3, 512, (4, 64), generator=torch.Generator().manual_seed(1))
+    report = _prune(model, calibration=ids, pattern=pattern, sparsity=sparsity, save=str(tmp_path / "out"))
+    _assert_exact_sparsity(model, report, pattern, sparsity)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pattern,sparsity", PATTERNS)
+def test_half_precision_models_prune_exactly(dtype, pattern, sparsity):
+    # What --dtype auto gives on a GPU: the checkpoint's fp16/bf16 weights (solved in float32, stored back).
+    model = tiny_model("llama").to(dtype)
+    report = _prune(model, pattern=pattern, sparsity=sparsity)
+    _assert_exact_sparsity(model, report, pattern, sparsity)
+    for name, param in model.named_parameters():
+        assert param.dtype == dtype and bool(torch.isfinite(param).all()), name
+
+
 # ---------------------------------------------------------------- bad input, no output
 
 

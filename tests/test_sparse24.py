@@ -98,12 +98,17 @@ def test_to_semi_structured_on_gpu():
         w[:3] = torch.randn_like(w[:3])  # three dense outlier rows
     model = model.to("cuda", torch.float16)
     ids = IDS.clamp(max=127).cuda()
+    pruned = {name: module.weight.data.clone() for name, module in sparse24.decoder_linears(model).items()}
     with torch.no_grad():
         expected = model(ids).logits
         outliers = sparse24.to_semi_structured(model)
         assert set(outliers.values()) == {3}
-        weight = model.model.layers[0].mlp.down_proj.sparse_weight
-        assert isinstance(weight, torch.sparse.SparseSemiStructuredTensor)
+        split = model.model.layers[0].mlp.down_proj
+        assert isinstance(split.sparse_weight, torch.sparse.SparseSemiStructuredTensor)
+        # Decompressed 2:4 part plus the outlier rows' residual is the pruned weight, bit for bit.
+        rebuilt = split.sparse_weight.to_dense()
+        rebuilt[split.outlier_rows] += split.outlier_residual
+        assert torch.equal(rebuilt, pruned["model.layers.0.mlp.down_proj"])
         torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=2e-2)
 
 

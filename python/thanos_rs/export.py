@@ -232,7 +232,7 @@ def load_pretrained(path: str | os.PathLike, **kwargs) -> nn.Module:
 def register() -> None:
     """Let every transformers ``from_pretrained`` (Auto classes included) read compact directories.
 
-    One line at start-up: ``thanos_rs.export.register()``. It wraps
+    One line at start-up: ``thanos_rs.register()``. It wraps
     ``PreTrainedModel.from_pretrained`` (idempotent): a local directory whose
     config.json has the compact entry is decompressed and loaded with
     ``from_pretrained(None, config=..., state_dict=...)``; anything else goes to
