@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LayerRecord", "PruneReport", "fsync_file", "peak_memory", "versions", "write_atomic"]
+__all__ = ["LayerRecord", "PruneReport", "peak_memory", "save_tensors_atomic", "versions",
+           "write_atomic"]
 
 
 @dataclass
@@ -187,10 +188,15 @@ def write_atomic(path: Path, write) -> Path:
     return path
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a file written by another library to the disk, before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file written beside ``path``, flushed to disk, then renamed into place."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    tmp.replace(path)

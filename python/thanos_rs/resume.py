@@ -30,13 +30,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .distributed import World
 from .errors import InputError
 from .model import Decoder, swap_in
-from .report import fsync_file, write_atomic
+from .report import save_tensors_atomic, write_atomic
 
 __all__ = ["RunDir", "discard_finished_run", "run_dir_of", "unfinished_run"]
 
@@ -86,8 +86,9 @@ class RunDir:
                block_tensors: dict[str, torch.Tensor] | None) -> None:
         """Block ``index`` is done; ``hidden`` (its outputs) are block ``index + 1``'s inputs."""
         if block_tensors is not None and self.world.main:
-            _save_atomic(self.state_dir / f"block-{index:05d}.safetensors", block_tensors)
-        _save_atomic(self._hidden_file(index + 1, self.world.rank), {f"batch-{i}": h for i, h in enumerate(hidden)})
+            save_tensors_atomic(self.state_dir / f"block-{index:05d}.safetensors", block_tensors)
+        save_tensors_atomic(self._hidden_file(index + 1, self.world.rank),
+                            {f"batch-{i}": h for i, h in enumerate(hidden)})
         self.world.barrier()  # every rank's activations are on disk before progress says so
         if self.world.main:
             _write_json(self.state_dir / "progress.json", {**progress, "done": index + 1})
@@ -149,13 +150,6 @@ def discard_finished_run(target: str | Path) -> None:
 def _done_dir(target: Path) -> Path:
     root = run_dir_of(target)
     return root.with_name(root.name + ".done")
-
-
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
-    fsync_file(tmp)
-    tmp.replace(path)
 
 
 def _write_json(path: Path, doc: dict) -> None:

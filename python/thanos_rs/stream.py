@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from .errors import ModelError
 from .model import Decoder, find_decoder, first_line, resolve_dtype, resolve_source
-from .report import fsync_file
+from .report import save_tensors_atomic
 
 __all__ = ["CheckpointFiles", "ShardWriter", "StreamedModel", "open_streamed"]
 
@@ -123,7 +122,6 @@ class StreamedModel:
             set_module_tensor_to_device(block, name, "meta")
         _give_back_freed_memory()
 
-
     def block_tensors(self, index: int) -> dict[str, torch.Tensor]:
         """Block ``index``'s stored tensors as they are now (pruned), keyed as in the checkpoint."""
         prefix = f"{self.decoder.prefix}.{index}."
@@ -202,11 +200,7 @@ class ShardWriter:
 
     def write(self, number: int, tensors: dict[str, torch.Tensor]) -> None:
         """Shard ``number`` (0-based), atomically: a killed write leaves no file under the final name."""
-        path = self.directory / self.shard_name(number)
-        tmp = path.with_name(f".{path.name}.partial")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
-        fsync_file(tmp)
-        tmp.replace(path)
+        save_tensors_atomic(self.directory / self.shard_name(number), tensors)
 
     def write_index(self) -> None:
         weight_map, total = {}, 0
