@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::config::{ceil_count, target_zeros, Pattern, PruneConfig};
-use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
+use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm, ScaledAbs};
 use crate::scalar::Real;
 use crate::thanos::zero_masked;
 
@@ -12,8 +12,8 @@ pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) ->
     let wr: &[T] = w;
     match cfg.pattern {
         Pattern::Unstructured => {
-            let fill = |k: usize, buf: &mut Vec<u64>| buf.extend(wr[k * b..(k + 1) * b].iter().map(|x| x.abs().key()));
-            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), T::KEY_BITS, fill);
+            let ones = vec![T::from_f64(1.0); b];
+            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), &ScaledAbs { w: wr, b, from: 0, scale: &ones });
             mask.par_chunks_mut(b).zip(wr.par_chunks(b)).enumerate().for_each(|(k, (row, wrow))| {
                 row.iter_mut().zip(wrow).enumerate().for_each(|(j, (x, v))| *x = sel.contains(v.abs().key(), k, j));
             });

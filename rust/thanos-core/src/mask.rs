@@ -4,14 +4,21 @@
 //! global selections by (score, row, column), per-row and per-group ones by
 //! (score, column), outlier rows by (-h_k, row), columns by (score, column).
 //! Scores are non-negative, so their IEEE bit patterns ([`Real::key`]) order
-//! like the values; the global selection is a radix select on those keys,
-//! linear in the number of entries (no sort).
+//! like the values; the global selection counts and filters those keys in
+//! two streaming passes, linear in the number of entries (no sort).
 
 use rayon::prelude::*;
 
 use crate::scalar::Real;
+use crate::simd::multiversion;
 
-const DIGIT_BITS: u32 = 16;
+/// Rows and keys per row of the sample that places the pivots.
+const SAMPLE_ROWS: usize = 128;
+const SAMPLE_PER_ROW: usize = 128;
+/// Pivots sit at these distances (in rank fraction) on both sides of the
+/// sampled target quantile: close ones keep the final candidate set small
+/// when the sample is good, far ones bound it when it is not.
+const PIVOT_OFFSETS: [f64; 4] = [0.004, 0.016, 0.064, 0.25];
 
 /// The r smallest entries of a c x width region by (key, row, column),
 /// stored as a threshold rule so callers can test any entry in O(1).
@@ -34,14 +41,48 @@ impl Smallest {
     }
 }
 
-/// Selects the `r` smallest keys over a c x width region, where
-/// `fill(row, buf)` appends the `width` keys of one row to `buf` (so callers
-/// compute keys a row at a time, which vectorises).
-/// `key_bits` is the width of the keys (32 for f32 scores, 64 for f64).
-pub fn smallest<F>(c: usize, width: usize, r: usize, key_bits: u32, fill: F) -> Smallest
-where
-    F: Fn(usize, &mut Vec<u64>) + Sync,
-{
+/// Keys of a c x width region, one row at a time: each entry's score as its
+/// order-preserving bit pattern ([`Real::key`]). Implementations on the hot
+/// path mark `fill` `#[inline(always)]` so it vectorises with its caller.
+pub trait RowKeys: Sync {
+    /// Writes the keys of `row` into `out` (length width).
+    fn fill(&self, row: usize, out: &mut [u64]);
+}
+
+impl<F: Fn(usize, &mut [u64]) + Sync> RowKeys for F {
+    fn fill(&self, row: usize, out: &mut [u64]) {
+        self(row, out)
+    }
+}
+
+/// Keys `|W_kj| * scale_j` over the columns [from, b) of a row-major c x b W
+/// (the Wanda/Thanos score with `scale = sqrt(diag H)`).
+pub struct ScaledAbs<'a, T> {
+    pub w: &'a [T],
+    pub b: usize,
+    pub from: usize,
+    /// Indexed by column, length b.
+    pub scale: &'a [T],
+}
+
+impl<T: Real> RowKeys for ScaledAbs<'_, T> {
+    #[inline(always)]
+    fn fill(&self, row: usize, out: &mut [u64]) {
+        let w = &self.w[row * self.b + self.from..(row + 1) * self.b];
+        for (o, (&x, &s)) in out.iter_mut().zip(w.iter().zip(&self.scale[self.from..])) {
+            *o = (x.abs() * s).key();
+        }
+    }
+}
+
+/// Selects the `r` smallest keys over a c x width region.
+///
+/// Two streaming passes, both branch-free compares: the first counts the
+/// keys below a few pivots (placed around the target rank by a small
+/// sample), the second collects the keys of the one pivot interval that
+/// holds rank r, and a selection among those gives the exact threshold.
+/// The sample only decides how many candidates there are, never the result.
+pub fn smallest<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K) -> Smallest {
     let n = c * width;
     if r == 0 || n == 0 {
         return Smallest { threshold: 0, cutoff: None, empty: true };
@@ -49,69 +90,122 @@ where
     if r >= n {
         return Smallest { threshold: u64::MAX, cutoff: None, empty: false };
     }
-    let shift = key_bits - DIGIT_BITS;
-    let hist = (0..c)
+    let pivots = pivots(c, width, r as f64 / n as f64, keys);
+    let below = count_below(c, width, &pivots, keys);
+    // The first pivot with at least r keys below it bounds the interval.
+    let m = below.iter().position(|&x| x as usize >= r).unwrap_or(pivots.len());
+    let (lo, below_lo) = if m == 0 { (0, 0) } else { (pivots[m - 1], below[m - 1] as usize) };
+    let hi = pivots.get(m).copied().unwrap_or(u64::MAX);
+    let mut cands = in_range(c, width, lo, hi, keys);
+    let rank = r - below_lo; // 1-based rank inside [lo, hi)
+    let (_, &mut threshold, _) = cands.select_nth_unstable(rank - 1);
+    let less = below_lo + cands.iter().filter(|&&k| k < threshold).count();
+    let equal = cands.iter().filter(|&&k| k == threshold).count();
+    let need = r - less;
+    let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, keys));
+    Smallest { threshold, cutoff, empty: false }
+}
+
+/// Increasing pivots around quantile `q`, read off a strided sample of rows
+/// and columns (deterministic, so results and timings repeat).
+fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
+    let (rstep, cstep) = ((c / SAMPLE_ROWS).max(1), (width / SAMPLE_PER_ROW).max(1));
+    let mut sample: Vec<u64> = (rstep / 2..c)
+        .into_par_iter()
+        .step_by(rstep)
+        .flat_map_iter(|row| {
+            let mut buf = vec![0; width];
+            keys.fill(row, &mut buf);
+            buf.into_iter().skip(row % cstep).step_by(cstep)
+        })
+        .collect();
+    sample.sort_unstable();
+    let at = |p: f64| sample[((p.clamp(0.0, 1.0) * sample.len() as f64) as usize).min(sample.len() - 1)];
+    let mut out: Vec<u64> = PIVOT_OFFSETS
+        .iter()
+        .rev()
+        .map(|d| at(q - d))
+        .chain(std::iter::once(at(q)))
+        .chain(PIVOT_OFFSETS.iter().map(|d| at(q + d)))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// For each pivot, how many keys of the region are strictly below it.
+fn count_below<K: RowKeys>(c: usize, width: usize, pivots: &[u64], keys: &K) -> Vec<u64> {
+    (0..c)
         .into_par_iter()
         .with_min_len(16)
         .fold(
-            || (vec![0u64; 1 << DIGIT_BITS], Vec::with_capacity(width)),
-            |(mut h, mut buf), row| {
-                buf.clear();
-                fill(row, &mut buf);
-                buf.iter().for_each(|&k| h[(k >> shift) as usize] += 1);
-                (h, buf)
+            || (vec![0u64; pivots.len()], vec![0u64; width]),
+            |(mut counts, mut buf), row| {
+                count_row(keys, row, &mut buf, pivots, &mut counts);
+                (counts, buf)
             },
         )
-        .map(|(h, _)| h)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_default();
-    let (bucket, below) = bucket_of_rank(&hist, r);
-    let mut cands: Vec<u64> = (0..c)
+        .map(|(counts, _)| counts)
+        .reduce(
+            || vec![0u64; pivots.len()],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+multiversion! {
+    fn count_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], pivots: &[u64], counts: &mut [u64]) {
+        keys.fill(row, buf);
+        for (count, &p) in counts.iter_mut().zip(pivots) {
+            let mut below = 0u64;
+            for &k in buf.iter() {
+                below += (k < p) as u64;
+            }
+            *count += below;
+        }
+    }
+}
+
+/// Every key in [lo, hi).
+fn in_range<K: RowKeys>(c: usize, width: usize, lo: u64, hi: u64, keys: &K) -> Vec<u64> {
+    (0..c)
         .into_par_iter()
         .with_min_len(16)
         .fold(
-            || (Vec::new(), Vec::with_capacity(width)),
+            || (Vec::new(), vec![0u64; width]),
             |(mut out, mut buf): (Vec<u64>, Vec<u64>), row| {
-                buf.clear();
-                fill(row, &mut buf);
-                out.extend(buf.iter().filter(|&&k| (k >> shift) as usize == bucket));
+                range_row(keys, row, &mut buf, lo, hi, &mut out);
                 (out, buf)
             },
         )
         .map(|(out, _)| out)
         .flatten_iter()
-        .collect();
-    let rank = r - below as usize; // 1-based rank inside the bucket
-    let (_, &mut threshold, _) = cands.select_nth_unstable(rank - 1);
-    let less = below as usize + cands.iter().filter(|&&k| k < threshold).count();
-    let equal = cands.iter().filter(|&&k| k == threshold).count();
-    let need = r - less;
-    let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, &fill));
-    Smallest { threshold, cutoff, empty: false }
+        .collect()
 }
 
-fn bucket_of_rank(hist: &[u64], r: usize) -> (usize, u64) {
-    let mut below = 0u64;
-    for (i, &h) in hist.iter().enumerate() {
-        if below + h >= r as u64 {
-            return (i, below);
+multiversion! {
+    fn range_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], lo: u64, hi: u64, out: &mut Vec<u64>) {
+        keys.fill(row, buf);
+        // Candidates are rare: test 16 keys at once (vectorised), copy only
+        // from the chunks that hold one.
+        for chunk in buf.chunks(16) {
+            let mut any = false;
+            for &k in chunk {
+                any |= k >= lo && k < hi;
+            }
+            if any {
+                out.extend(chunk.iter().filter(|&&k| k >= lo && k < hi));
+            }
         }
-        below += h;
     }
-    unreachable!("rank {r} is beyond the histogram total {below}")
 }
 
 /// Position of the `need`-th key equal to `threshold` in row-major order.
-fn nth_equal<F>(c: usize, width: usize, threshold: u64, need: usize, fill: &F) -> (usize, usize)
-where
-    F: Fn(usize, &mut Vec<u64>) + Sync,
-{
+fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: u64, need: usize, keys: &K) -> (usize, usize) {
     let row_keys = |row: usize| {
-        let mut buf = Vec::with_capacity(width);
-        fill(row, &mut buf);
+        let mut buf = vec![0; width];
+        keys.fill(row, &mut buf);
         buf
     };
     let per_row: Vec<usize> =
@@ -205,14 +299,63 @@ mod tests {
         sel
     }
 
+    /// xorshift keys; `distinct` small makes many ties.
+    fn random_keys(c: usize, width: usize, distinct: u64, seed: u64) -> Vec<Vec<u64>> {
+        let mut s = seed | 1;
+        (0..c)
+            .map(|_| {
+                (0..width)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        s % distinct
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn selected(keys: &[Vec<u64>], r: usize) -> Vec<(usize, usize)> {
+        let (c, width) = (keys.len(), keys[0].len());
+        let sel = smallest(c, width, r, &|i: usize, buf: &mut [u64]| buf.copy_from_slice(&keys[i]));
+        (0..c).flat_map(|i| (0..width).map(move |j| (i, j))).filter(|&(i, j)| sel.contains(keys[i][j], i, j)).collect()
+    }
+
     #[test]
-    fn radix_select_matches_a_full_sort_with_ties() {
+    fn selection_matches_a_full_sort_on_large_regions() {
+        // Large enough that the pivots come from a strict sample.
+        for (distinct, seed) in [(u64::MAX, 1), (1000, 2), (3, 3)] {
+            let keys = random_keys(300, 517, distinct, seed);
+            let n = 300 * 517;
+            for r in [1, 2, 17, n / 100, n / 2, n - n / 7, n - 2, n - 1] {
+                assert_eq!(selected(&keys, r), brute(&keys, r), "distinct {distinct}, r = {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_misleading_sample_changes_the_cost_not_the_result() {
+        // The sampled rows (every 2nd from 1 for c = 256) hold the largest
+        // keys, so every pivot lands far above the true threshold.
+        let mut keys = random_keys(256, 300, 1 << 20, 9);
+        for (i, row) in keys.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+            row.iter_mut().for_each(|k| *k += 1 << 40 | i as u64);
+        }
+        let n = 256 * 300;
+        for r in [5, n / 3, n / 2 + 11] {
+            assert_eq!(selected(&keys, r), brute(&keys, r), "r = {r}");
+        }
+    }
+
+    #[test]
+    fn selection_matches_a_full_sort_with_ties() {
         let c = 7;
         let width = 9;
         let keys: Vec<Vec<u64>> =
             (0..c).map(|i| (0..width).map(|j| ((i * 31 + j * 17) % 5) as u64 * 1_000_000 + 3).collect()).collect();
         for r in 0..=c * width {
-            let sel = smallest(c, width, r, 32, |i, buf| buf.extend(&keys[i]));
+            let sel = smallest(c, width, r, &|i: usize, buf: &mut [u64]| buf.copy_from_slice(&keys[i]));
             let got: Vec<(usize, usize)> = (0..c)
                 .flat_map(|i| (0..width).map(move |j| (i, j)))
                 .filter(|&(i, j)| sel.contains(keys[i][j], i, j))

@@ -4,8 +4,6 @@
 use faer::traits::RealField;
 
 pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
-    /// Width of [`Real::key`] in bits (32 for f32, 64 for f64).
-    const KEY_BITS: u32;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
@@ -21,7 +19,6 @@ pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
 }
 
 impl Real for f32 {
-    const KEY_BITS: u32 = 32;
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
         x as f32
@@ -57,7 +54,6 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    const KEY_BITS: u32 = 64;
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
         x

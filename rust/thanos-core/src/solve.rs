@@ -6,8 +6,10 @@
 //! [`LANES`] rows at a time, one row per SIMD lane: every step of the
 //! Cholesky and of the two triangular solves is then a full-width vector op,
 //! with no short inner products. Rows with fewer unknowns are padded with
-//! identity rows. The kernel is compiled a second time for AVX2+FMA and the
-//! variant is picked at run time.
+//! identity rows. The Cholesky is register-tiled (R x C entries share the
+//! loads of their rows) and reads G straight into its accumulators, so the
+//! gathered submatrix is never stored. The kernel is compiled again for
+//! AVX-512 and for AVX2+FMA and the variant is picked at run time.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
@@ -24,9 +26,16 @@ type Lanes<T> = [T; LANES];
 /// Scratch reused across the batches one thread solves.
 #[derive(Default)]
 pub struct LaneScratch<T> {
+    /// The factor L, row-major with row stride [`ld`] (lower triangle used).
     a: Vec<Lanes<T>>,
+    /// 1 / L_ii.
+    dinv: Vec<Lanes<T>>,
+    /// 1 on the diagonal of padding rows, else 0.
+    unit: Vec<Lanes<T>>,
     x: Vec<Lanes<T>>,
-    idx: Vec<usize>,
+    /// Per unknown i and lane: offset of row Q_i in G, and column Q_i.
+    offs: Vec<[u32; LANES]>,
+    cols: Vec<[u32; LANES]>,
 }
 
 /// The leading n x n block of a row-major matrix (row stride `stride`), copied
@@ -52,47 +61,62 @@ pub fn solve_lanes<T: Real>(
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
     assert!(qs.len() <= LANES && qs.len() == rhs.len());
+    assert!(g.len() == stride * stride && g.len() <= u32::MAX as usize);
+    assert!(qs.iter().flat_map(|q| q.iter()).all(|&j| j < stride));
+    let wide = std::mem::size_of::<T>() == 8;
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx512f") && has!("fma") {
             // SAFETY: the features were just detected on this CPU.
-            return unsafe { solve_lanes_avx512(g, stride, qs, rhs, scratch) };
+            return unsafe {
+                if wide {
+                    solve_lanes_avx512::<T, 2>(g, stride, qs, rhs, scratch)
+                } else {
+                    solve_lanes_avx512::<T, 4>(g, stride, qs, rhs, scratch)
+                }
+            };
         }
         if has!("avx2") && has!("fma") {
             // SAFETY: as above.
-            return unsafe { solve_lanes_avx2(g, stride, qs, rhs, scratch) };
+            return unsafe {
+                if wide {
+                    solve_lanes_avx2::<T, 1>(g, stride, qs, rhs, scratch)
+                } else {
+                    solve_lanes_avx2::<T, 2>(g, stride, qs, rhs, scratch)
+                }
+            };
         }
     }
-    solve_lanes_generic::<T, false>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, false, false, 1>(g, stride, qs, rhs, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn solve_lanes_avx512<T: Real>(
+unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
     g: &[T],
     stride: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
-    solve_lanes_generic::<T, true>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, true, true, TS>(g, stride, qs, rhs, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn solve_lanes_avx2<T: Real>(
+unsafe fn solve_lanes_avx2<T: Real, const TS: usize>(
     g: &[T],
     stride: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
-    solve_lanes_generic::<T, true>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, true, false, TS>(g, stride, qs, rhs, scratch)
 }
 
 #[inline(always)]
-fn solve_lanes_generic<T: Real, const FUSED: bool>(
+fn solve_lanes_generic<T: Real, const FUSED: bool, const AVX512: bool, const TS: usize>(
     g: &[T],
     stride: usize,
     qs: &[&[usize]],
@@ -100,22 +124,17 @@ fn solve_lanes_generic<T: Real, const FUSED: bool>(
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
     let s = qs.iter().map(|q| q.len()).max().unwrap_or(0);
-    gather(g, stride, qs, rhs, s, scratch);
-    let failed = cholesky::<T, FUSED>(&mut scratch.a, s);
-    forward::<T, FUSED>(&scratch.a, s, &mut scratch.x);
-    backward::<T, FUSED>(&scratch.a, s, &mut scratch.x);
+    prepare(stride, qs, rhs, s, scratch);
+    let failed = cholesky::<T, FUSED, AVX512, TS>(g, s, scratch);
+    let sc = &mut *scratch;
+    forward::<T, FUSED>(&sc.a, &sc.dinv, s, &mut sc.x);
+    backward::<T, FUSED>(&sc.a, &sc.dinv, s, &mut sc.x);
     for (l, r) in rhs.iter_mut().enumerate() {
         for (v, x) in r.iter_mut().zip(&scratch.x) {
             *v = x[l];
         }
     }
     failed & ((1u32 << qs.len()) - 1)
-}
-
-/// Start of row i of a packed lower triangle.
-#[inline(always)]
-fn row(i: usize) -> usize {
-    i * (i + 1) / 2
 }
 
 // The lane loops below are plain `for` loops on purpose: closures do not
@@ -132,151 +151,287 @@ fn fms<T: Real, const FUSED: bool>(mut acc: Lanes<T>, x: &Lanes<T>, y: &Lanes<T>
     acc
 }
 
-/// Lower triangle of every lane's G[Q,Q], packed by rows, and its rhs.
-/// `g` is (n+1) x (n+1) with a zero last row and column: a lane shorter than
-/// s reads index n there, so every entry is one branch-free vector of gathers;
-/// its padding diagonal is then set to 1 (identity rows, zero rhs).
+/// Gather indices, padding diagonals and right-hand sides. A lane shorter
+/// than s reads index n (the zero last row and column of the padded G) and
+/// gets a unit diagonal there: identity rows with a zero rhs.
 #[inline(always)]
-fn gather<T: Real>(g: &[T], stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
+fn prepare<T: Real>(stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     let pad = stride - 1;
-    scratch.idx.clear();
+    scratch.offs.clear();
+    scratch.offs.resize(s, [0; LANES]);
+    scratch.cols.clear();
+    scratch.cols.resize(s, [0; LANES]);
+    scratch.unit.clear();
+    scratch.unit.resize(s, [zero; LANES]);
     for l in 0..LANES {
         let q = qs.get(l).copied().unwrap_or(&[]);
-        scratch.idx.extend((0..s).map(|i| q.get(i).copied().unwrap_or(pad)));
+        for i in 0..s {
+            let j = q.get(i).copied().unwrap_or(pad);
+            scratch.cols[i][l] = j as u32;
+            scratch.offs[i][l] = (j * stride) as u32;
+            if j == pad {
+                scratch.unit[i][l] = one;
+            }
+        }
     }
-    scratch.a.clear();
-    scratch.a.resize(row(s), [zero; LANES]);
     scratch.x.clear();
     scratch.x.resize(s, [zero; LANES]);
-    let idx = &scratch.idx;
-    for i in 0..s {
-        let mut rows = [0usize; LANES];
-        for l in 0..LANES {
-            rows[l] = idx[l * s + i] * stride;
-        }
-        let ai = &mut scratch.a[row(i)..row(i) + i + 1];
-        for (j, v) in ai.iter_mut().enumerate() {
-            for l in 0..LANES {
-                v[l] = g[rows[l] + idx[l * s + j]];
-            }
-        }
-        for l in 0..LANES {
-            if idx[l * s + i] == pad {
-                ai[i][l] = one;
-            }
-        }
-    }
     for (l, r) in rhs.iter().enumerate() {
         for (i, &v) in r.iter().enumerate() {
             scratch.x[i][l] = v;
         }
     }
+    // Every entry of L is written before it is read: grow, never clear.
+    if scratch.a.len() < s * ld(s) {
+        scratch.a.resize(s * ld(s), [zero; LANES]);
+    }
+    scratch.dinv.clear();
+    scratch.dinv.resize(s, [zero; LANES]);
 }
 
-/// Left-looking Cholesky of each lane, in place on the packed lower triangle.
-/// Entry (i, j) is one inner product of the prefixes of rows i and j, kept in
-/// registers; four entries of a row share the loads of row i.
+/// Row stride of L: one more than s, so that the rows a tile reads together
+/// (64 bytes per entry, 4 KiB apart for s = 64) do not share L1 sets.
 #[inline(always)]
-fn cholesky<T: Real, const FUSED: bool>(a: &mut [Lanes<T>], s: usize) -> u32 {
-    let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
+fn ld(s: usize) -> usize {
+    s + 1
+}
+
+/// G[Q_i, Q_j] in every lane. With `AVX512`, f32 lanes are one vpgatherdd
+/// on 32-bit indices (LLVM's own vectorisation widens them to 64 bits and
+/// needs two gathers).
+#[inline(always)]
+fn gather<T: Real, const AVX512: bool>(g: &[T], offs: &[u32; LANES], cols: &[u32; LANES]) -> Lanes<T> {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && std::mem::size_of::<T>() == 4 {
+        use std::arch::x86_64::{_mm512_add_epi32, _mm512_i32gather_ps, _mm512_loadu_si512, _mm512_storeu_ps};
+        let mut v = [T::from_f64(0.0); LANES];
+        // SAFETY: only instantiated with AVX512 = true inside the AVX-512
+        // variant; indices checked by solve_lanes; T is f32 (size 4, Real).
+        unsafe {
+            let idx =
+                _mm512_add_epi32(_mm512_loadu_si512(offs.as_ptr().cast()), _mm512_loadu_si512(cols.as_ptr().cast()));
+            _mm512_storeu_ps(v.as_mut_ptr().cast(), _mm512_i32gather_ps::<4>(idx, g.as_ptr().cast()));
+        }
+        return v;
+    }
+    let mut v = [T::from_f64(0.0); LANES];
+    for l in 0..LANES {
+        // SAFETY: solve_lanes checked every index < stride and g = stride^2.
+        v[l] = unsafe { *g.get_unchecked((offs[l] + cols[l]) as usize) };
+    }
+    v
+}
+
+/// Left-looking Cholesky of every lane, L into `scratch.a`, 1/L_ii into
+/// `scratch.dinv`, in square tiles of TS x TS entries: the inner product over
+/// the columns left of a tile is one loop of 2 TS loads and TS^2 fused
+/// multiply-adds, and the tile is then finished in registers. Returns the
+/// lanes that were not positive definite (they continue on a unit pivot so
+/// the others finish).
+#[inline(always)]
+fn cholesky<T: Real, const FUSED: bool, const AVX512: bool, const TS: usize>(
+    g: &[T],
+    s: usize,
+    scratch: &mut LaneScratch<T>,
+) -> u32 {
+    let LaneScratch { a, dinv, unit, offs, cols, .. } = scratch;
+    let a = a.as_mut_ptr();
+    let ld = ld(s);
     let mut failed = 0u32;
-    for i in 0..s {
-        let (done, rest) = a.split_at_mut(row(i));
-        let ai = &mut rest[..i + 1];
-        let mut j = 0;
-        while j + 4 <= i {
-            let rs = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-            let (mut a0, mut a1, mut a2, mut a3) = (ai[j], ai[j + 1], ai[j + 2], ai[j + 3]);
-            for k in 0..j {
-                let lik = &ai[k];
-                a0 = fms::<T, FUSED>(a0, lik, &done[rs[0] + k]);
-                a1 = fms::<T, FUSED>(a1, lik, &done[rs[1] + k]);
-                a2 = fms::<T, FUSED>(a2, lik, &done[rs[2] + k]);
-                a3 = fms::<T, FUSED>(a3, lik, &done[rs[3] + k]);
-            }
-            for (u, acc) in [a0, a1, a2, a3].into_iter().enumerate() {
-                finish_entry::<T, FUSED>(ai, done, acc, j, u, rs[u]);
-            }
-            j += 4;
+    for i0 in (0..s).step_by(TS) {
+        let rn = TS.min(s - i0);
+        // Rows past the end alias row i0: computed, never stored.
+        let mut ri = [i0; TS];
+        for (r, x) in ri.iter_mut().enumerate().take(rn) {
+            *x = i0 + r;
         }
-        while j < i {
-            let rj = row(j);
-            let mut acc = ai[j];
-            for k in 0..j {
-                acc = fms::<T, FUSED>(acc, &ai[k], &done[rj + k]);
+        for j0 in (0..=i0).step_by(TS) {
+            let diagonal = j0 == i0;
+            let mut cj = ri;
+            if !diagonal {
+                for (c, x) in cj.iter_mut().enumerate() {
+                    *x = j0 + c;
+                }
             }
-            finish_entry::<T, FUSED>(ai, done, acc, j, 0, rj);
-            j += 1;
-        }
-        let mut d = ai[i];
-        for lik in &ai[..i] {
-            d = fms::<T, FUSED>(d, lik, lik);
-        }
-        for (l, dl) in d.iter_mut().enumerate() {
-            // A failed lane continues on a unit pivot so the others finish.
-            if *dl > zero && dl.is_finite() {
-                *dl = dl.sqrt();
+            let mut acc = gather_tile::<T, AVX512, TS>(g, offs, cols, &ri, &cj, diagonal);
+            acc = inner_products::<T, FUSED, TS>(acc, a, ld, &ri, &cj, j0);
+            if diagonal {
+                let bad;
+                (acc, bad) = finish_diagonal::<T, FUSED, TS>(acc, i0, rn, unit, dinv);
+                failed |= bad;
             } else {
-                failed |= 1 << l;
-                *dl = one;
+                acc = finish_tile::<T, FUSED, TS>(acc, j0, a, ld, dinv);
+            }
+            for (r, row) in acc.iter().enumerate().take(rn) {
+                let width = if diagonal { r + 1 } else { TS };
+                for (c, v) in row.iter().enumerate().take(width) {
+                    // SAFETY: i0 + r < s and j0 + c <= i0 + r.
+                    unsafe { *a.add((i0 + r) * ld + j0 + c) = *v };
+                }
             }
         }
-        ai[i] = d;
     }
     failed
 }
 
-/// Entry (i, j0 + u): the terms k in j0..j0+u that the shared loop left out,
-/// then the division by the pivot of row j0 + u (which starts at `rj`).
+/// The tile's entries of G[Q,Q] (on the diagonal, the lower triangle).
 #[inline(always)]
-fn finish_entry<T: Real, const FUSED: bool>(
-    ai: &mut [Lanes<T>],
-    done: &[Lanes<T>],
-    mut acc: Lanes<T>,
+fn gather_tile<T: Real, const AVX512: bool, const TS: usize>(
+    g: &[T],
+    offs: &[[u32; LANES]],
+    cols: &[[u32; LANES]],
+    ri: &[usize; TS],
+    cj: &[usize; TS],
+    diagonal: bool,
+) -> [[Lanes<T>; TS]; TS] {
+    let mut acc = [[[T::from_f64(0.0); LANES]; TS]; TS];
+    for r in 0..TS {
+        for c in 0..TS {
+            if !diagonal || c <= r {
+                acc[r][c] = gather::<T, AVX512>(g, &offs[ri[r]], &cols[cj[c]]);
+            }
+        }
+    }
+    acc
+}
+
+/// `acc[r][c] -= sum_{k < kend} L[ri[r], k] L[cj[c], k]`. By value in its
+/// own function, so the accumulators live in registers for the whole loop
+/// (LLVM otherwise mirrors them to the stack on every iteration).
+#[inline(always)]
+fn inner_products<T: Real, const FUSED: bool, const TS: usize>(
+    mut acc: [[Lanes<T>; TS]; TS],
+    a: *const Lanes<T>,
+    ld: usize,
+    ri: &[usize; TS],
+    cj: &[usize; TS],
+    kend: usize,
+) -> [[Lanes<T>; TS]; TS] {
+    let zero = T::from_f64(0.0);
+    for k in 0..kend {
+        let mut li = [[zero; LANES]; TS];
+        let mut lj = [[zero; LANES]; TS];
+        for t in 0..TS {
+            // SAFETY: the caller passes row indices < s and kend <= s,
+            // inside a (s * ld).
+            unsafe {
+                li[t] = *a.add(ri[t] * ld + k);
+                lj[t] = *a.add(cj[t] * ld + k);
+            }
+        }
+        for r in 0..TS {
+            for c in 0..TS {
+                acc[r][c] = fms::<T, FUSED>(acc[r][c], &li[r], &lj[c]);
+            }
+        }
+    }
+    acc
+}
+
+/// A tile left of the diagonal: column c is divided by L_jj, then removed
+/// from the later columns of the tile (their rows of L are final already).
+#[inline(always)]
+fn finish_tile<T: Real, const FUSED: bool, const TS: usize>(
+    mut acc: [[Lanes<T>; TS]; TS],
     j0: usize,
-    u: usize,
-    rj: usize,
-) {
-    for v in 0..u {
-        acc = fms::<T, FUSED>(acc, &ai[j0 + v], &done[rj + j0 + v]);
+    a: *const Lanes<T>,
+    ld: usize,
+    dinv: &[Lanes<T>],
+) -> [[Lanes<T>; TS]; TS] {
+    for c in 0..TS {
+        let d = dinv[j0 + c];
+        for row in acc.iter_mut() {
+            for l in 0..LANES {
+                row[c][l] *= d[l];
+            }
+        }
+        for c2 in c + 1..TS {
+            // SAFETY: row j0 + c2 < i0 <= s is finished; column j0 + c < it.
+            let lj = unsafe { *a.add((j0 + c2) * ld + j0 + c) };
+            for row in acc.iter_mut() {
+                row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+            }
+        }
     }
-    let d = &done[rj + j0 + u];
-    for l in 0..LANES {
-        acc[l] /= d[l];
+    acc
+}
+
+/// The tile on the diagonal (rows and columns i0..i0+rn): a small
+/// right-looking Cholesky in registers. Padding lanes get a unit pivot.
+#[inline(always)]
+fn finish_diagonal<T: Real, const FUSED: bool, const TS: usize>(
+    mut acc: [[Lanes<T>; TS]; TS],
+    i0: usize,
+    rn: usize,
+    unit: &[Lanes<T>],
+    dinv: &mut [Lanes<T>],
+) -> ([[Lanes<T>; TS]; TS], u32) {
+    let (zero, one, inf) = (T::from_f64(0.0), T::from_f64(1.0), T::from_f64(f64::INFINITY));
+    let mut failed = 0u32;
+    for c in 0..rn {
+        let j = i0 + c;
+        // Branch-free so it stays one vector sqrt and divide.
+        let mut bad = [0u32; LANES];
+        let mut pivot = [zero; LANES];
+        for l in 0..LANES {
+            let d = acc[c][c][l] + unit[j][l];
+            let good = d > zero && d < inf;
+            bad[l] = u32::from(!good);
+            pivot[l] = if good { d } else { one };
+        }
+        for l in 0..LANES {
+            acc[c][c][l] = pivot[l].sqrt();
+            dinv[j][l] = one / acc[c][c][l];
+        }
+        for (l, &x) in bad.iter().enumerate() {
+            failed |= x << l;
+        }
+        let d = dinv[j];
+        for row in acc.iter_mut().skip(c + 1) {
+            for l in 0..LANES {
+                row[c][l] *= d[l];
+            }
+        }
+        for c2 in c + 1..TS {
+            let lj = acc[c2][c];
+            for row in acc.iter_mut().skip(c2) {
+                row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+            }
+        }
     }
-    ai[j0 + u] = acc;
+    (acc, failed)
 }
 
 /// L y = b for every lane, in place.
 #[inline(always)]
-fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], dinv: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
     for i in 0..s {
-        let ai = &a[row(i)..row(i) + i + 1];
         let mut v = x[i];
-        for (lij, xj) in ai[..i].iter().zip(&x[..i]) {
+        for (lij, xj) in a[i * ld(s)..i * ld(s) + i].iter().zip(&x[..i]) {
             v = fms::<T, FUSED>(v, lij, xj);
         }
         for l in 0..LANES {
-            v[l] /= ai[i][l];
+            v[l] *= dinv[i][l];
         }
         x[i] = v;
     }
 }
 
-/// L^T x = y for every lane, in place, as column updates so L is read by rows.
+/// L^T x = y for every lane, in place: x_i = (y_i - sum_{k>i} L_ki x_k) / L_ii,
+/// each x_i accumulated in registers (a column-update form that rewrites
+/// x through memory runs several times slower).
 #[inline(always)]
-fn backward<T: Real, const FUSED: bool>(a: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+fn backward<T: Real, const FUSED: bool>(a: &[Lanes<T>], dinv: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
     for i in (0..s).rev() {
-        let ai = &a[row(i)..row(i) + i + 1];
         let mut v = x[i];
+        for k in i + 1..s {
+            v = fms::<T, FUSED>(v, &a[k * ld(s) + i], &x[k]);
+        }
         for l in 0..LANES {
-            v[l] /= ai[i][l];
+            v[l] *= dinv[i][l];
         }
         x[i] = v;
-        for (lij, xj) in ai[..i].iter().zip(x[..i].iter_mut()) {
-            *xj = fms::<T, FUSED>(*xj, lij, &v);
-        }
     }
 }
 
@@ -320,23 +475,54 @@ mod tests {
         g
     }
 
-    #[test]
-    fn every_lane_satisfies_its_own_system() {
-        let n = 40;
+    /// Lanes with different index sets and sizes (odd ones, so tiles are
+    /// partial, and an empty one), checked against G itself.
+    type Solver<T> = fn(&[T], usize, &[&[usize]], &mut [&mut [T]], &mut LaneScratch<T>) -> u32;
+
+    fn check_lanes<T: Real>(n: usize, tol: f64, solve: Solver<T>) {
         let g = gram(n);
-        // Lanes with different index sets and sizes, one of them empty.
-        let qs: Vec<Vec<usize>> =
-            (0..6).map(|l| (0..n).filter(|i| (i + l) % (l + 2) != 0).collect()).chain([vec![]]).collect();
+        let gt: Vec<T> = g.iter().map(|&x| T::from_f64(x)).collect();
+        let qs: Vec<Vec<usize>> = (0..15)
+            .map(|l| (0..n).filter(|i| (i + l) % (l % 6 + 2) != 0).skip(l % 4).collect())
+            .chain([vec![]])
+            .collect();
         let want: Vec<Vec<f64>> = qs.iter().map(|q| q.iter().map(|&i| i as f64 - 7.0).collect()).collect();
-        let mut got = want.clone();
+        let mut got: Vec<Vec<T>> = want.iter().map(|r| r.iter().map(|&x| T::from_f64(x)).collect()).collect();
         let q_refs: Vec<&[usize]> = qs.iter().map(|q| q.as_slice()).collect();
-        let mut rhs: Vec<&mut [f64]> = got.iter_mut().map(|r| r.as_mut_slice()).collect();
-        assert_eq!(solve_lanes(&padded(&g, n, n), n + 1, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
+        let mut rhs: Vec<&mut [T]> = got.iter_mut().map(|r| r.as_mut_slice()).collect();
+        assert_eq!(solve(&padded(&gt, n, n), n + 1, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
         for ((q, x), b) in qs.iter().zip(&got).zip(&want) {
             for (r, &qi) in q.iter().enumerate() {
-                let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi * n + qj] * xj).sum();
-                assert!((lhs - b[r]).abs() < 1e-8 * (1.0 + b[r].abs()));
+                let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi * n + qj] * xj.to_f64()).sum();
+                assert!((lhs - b[r]).abs() < tol * (1.0 + b[r].abs()), "n {n} row {r}: {lhs} vs {}", b[r]);
             }
+        }
+    }
+
+    /// Every compiled variant this CPU can run, whatever the dispatch picks.
+    fn variants<T: Real>() -> Vec<Solver<T>> {
+        let mut out: Vec<Solver<T>> =
+            vec![solve_lanes, solve_lanes_generic::<T, false, false, 1>, solve_lanes_generic::<T, false, false, 3>];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the features were just detected on this CPU.
+                out.push(|g, st, q, r, sc| unsafe { solve_lanes_avx2::<T, 2>(g, st, q, r, sc) });
+            }
+            if has!("avx512f") && has!("fma") {
+                // SAFETY: as above.
+                out.push(|g, st, q, r, sc| unsafe { solve_lanes_avx512::<T, 4>(g, st, q, r, sc) });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_lane_satisfies_its_own_system() {
+        for n in [1, 2, 5, 40, 67] {
+            variants::<f64>().into_iter().for_each(|solve| check_lanes::<f64>(n, 1e-9, solve));
+            variants::<f32>().into_iter().for_each(|solve| check_lanes::<f32>(n, 1e-3, solve));
         }
     }
 

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
 use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
-use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm};
+use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm, ScaledAbs};
 use crate::scalar::Real;
 use crate::solve::{padded, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
@@ -59,11 +59,8 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
         let i2 = (i1 + bs).min(b);
         // Global residual selection over every remaining column, kept to this block.
         let wr: &[T] = w;
-        let fill = |k: usize, buf: &mut Vec<u64>| {
-            let row = &wr[k * b + i1..(k + 1) * b];
-            buf.extend(row.iter().zip(&layer.hsqrt[i1..]).map(|(&x, &s)| (x.abs() * s).key()));
-        };
-        let sel = smallest(c, b - i1, target - made, T::KEY_BITS, fill);
+        let keys = ScaledAbs { w: wr, b, from: i1, scale: layer.hsqrt };
+        let sel = smallest(c, b - i1, target - made, &keys);
         mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
             for j in 0..i2 - i1 {
                 let key = (wr[k * b + i1 + j].abs() * layer.hsqrt[i1 + j]).key();
@@ -130,37 +127,53 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
 
 /// L (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k, zero elsewhere.
 fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Result<Vec<T>> {
-    let (b, bw, rest) = (layer.b, i2 - i1, layer.b - i1);
-    let mut rows: Vec<(usize, Vec<usize>)> = (0..layer.c)
-        .into_par_iter()
-        .filter_map(|k| {
-            let q: Vec<usize> = (0..bw).filter(|&j| mask[k * b + i1 + j]).collect();
-            (!q.is_empty()).then_some((k, q))
-        })
-        .collect();
+    let (c, b, bw, rest) = (layer.c, layer.b, i2 - i1, layer.b - i1);
+    // Q_k of every row, flat (row k at k * bw), and |Q_k|.
+    let mut qflat = vec![0usize; c * bw];
+    let mut len = vec![0usize; c];
+    qflat.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
+        for (j, &m) in mask[k * b + i1..k * b + i2].iter().enumerate() {
+            q[*n] = j;
+            *n += usize::from(m);
+        }
+    });
     // Largest systems first, so the rows sharing a batch need little padding.
-    rows.sort_by_key(|(k, q)| (Reverse(q.len()), *k));
+    let mut rows: Vec<usize> = (0..c).filter(|&k| len[k] > 0).collect();
+    rows.sort_unstable_by_key(|&k| (Reverse(len[k]), k));
     // G = R[:, :bw], copied compact (and zero-padded) so the gathers stay within a few pages.
     let g = padded(r, bw, rest);
-    let solved: Vec<Vec<Vec<T>>> = rows
+    let q = |k: usize| &qflat[k * bw..k * bw + len[k]];
+    let solved: Vec<Vec<T>> = rows
         .par_chunks(LANES)
         .map_init(LaneScratch::default, |scratch, batch| {
-            let mut rhs: Vec<Vec<T>> =
-                batch.iter().map(|(k, q)| q.iter().map(|&j| w[k * b + i1 + j]).collect()).collect();
-            let qs: Vec<&[usize]> = batch.iter().map(|(_, q)| q.as_slice()).collect();
-            let mut views: Vec<&mut [T]> = rhs.iter_mut().map(|x| x.as_mut_slice()).collect();
+            let mut rhs: Vec<T> = batch.iter().flat_map(|&k| q(k).iter().map(move |&j| w[k * b + i1 + j])).collect();
+            let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
+            let mut views = split_by(&mut rhs, qs.iter().map(|x| x.len()));
             let failed = solve_lanes(&g, bw + 1, &qs, &mut views, scratch);
-            for (lane, (k, q)) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
-                rhs[lane] = solve_in_f64(layer, i1, i2, q, &w[k * b + i1..])?;
+            for (lane, &k) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
+                views[lane].copy_from_slice(&solve_in_f64(layer, i1, i2, q(k), &w[k * b + i1..])?);
             }
             Ok(rhs)
         })
         .collect::<Result<_>>()?;
-    let mut l = vec![T::from_f64(0.0); layer.c * bw];
-    for ((k, q), lambda) in rows.iter().zip(solved.into_iter().flatten()) {
-        q.iter().zip(lambda).for_each(|(&j, v)| l[k * bw + j] = v);
+    let mut l = vec![T::from_f64(0.0); c * bw];
+    for (batch, lambdas) in rows.chunks(LANES).zip(&solved) {
+        let mut lambdas = lambdas.iter();
+        for &k in batch {
+            q(k).iter().zip(&mut lambdas).for_each(|(&j, &v)| l[k * bw + j] = v);
+        }
     }
     Ok(l)
+}
+
+/// Consecutive mutable pieces of `buf` with the given lengths.
+fn split_by<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    lens.map(|n| {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(n);
+        buf = tail;
+        head
+    })
+    .collect()
 }
 
 /// Rounding in T broke positive definiteness of G[Q,Q] = A^T A, A = U_blk[:, Q]
