@@ -13,7 +13,8 @@ pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) ->
     match cfg.pattern {
         Pattern::Unstructured => {
             let ones = vec![T::from_f64(1.0); b];
-            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), &ScaledAbs { w: wr, b, from: 0, scale: &ones });
+            let sel =
+                smallest(c, b, target_zeros(cfg.sparsity, c, b), &ScaledAbs { w: wr, b, from: 0, to: b, scale: &ones });
             mask.par_chunks_mut(b).zip(wr.par_chunks(b)).enumerate().for_each(|(k, (row, wrow))| {
                 row.iter_mut().zip(wrow).enumerate().for_each(|(j, (x, v))| *x = sel.contains(v.abs().key(), k, j));
             });

@@ -39,6 +39,41 @@ impl Smallest {
         }
         key < self.threshold || self.cutoff.is_none_or(|cut| (row, col) <= cut)
     }
+
+    /// The rule for one row as `key < threshold || (key == threshold && col < ties)`.
+    #[inline(always)]
+    fn row_rule(&self, row: usize) -> (u64, usize) {
+        match (self.empty, self.cutoff) {
+            (true, _) => (0, 0),
+            (false, None) => (self.threshold, usize::MAX),
+            (false, Some((r, col))) => (
+                self.threshold,
+                if row < r {
+                    usize::MAX
+                } else if row == r {
+                    col + 1
+                } else {
+                    0
+                },
+            ),
+        }
+    }
+}
+
+multiversion! {
+    /// Marks in `out` which of the first `out.len()` entries of `row` are
+    /// selected (keys from `keys`, `buf` its scratch row); returns how many.
+    pub fn mark_row[K: RowKeys](sel: &Smallest, keys: &K, row: usize, buf: &mut [u64], out: &mut [bool]) -> usize {
+        keys.fill(row, buf);
+        let (threshold, ties) = sel.row_rule(row);
+        let mut count = 0;
+        for (j, (o, &k)) in out.iter_mut().zip(buf.iter()).enumerate() {
+            let x = k < threshold || (k == threshold && j < ties);
+            *o = x;
+            count += usize::from(x);
+        }
+        count
+    }
 }
 
 /// Keys of a c x width region, one row at a time: each entry's score as its
@@ -55,12 +90,13 @@ impl<F: Fn(usize, &mut [u64]) + Sync> RowKeys for F {
     }
 }
 
-/// Keys `|W_kj| * scale_j` over the columns [from, b) of a row-major c x b W
+/// Keys `|W_kj| * scale_j` over the columns [from, to) of a row-major c x b W
 /// (the Wanda/Thanos score with `scale = sqrt(diag H)`).
 pub struct ScaledAbs<'a, T> {
     pub w: &'a [T],
     pub b: usize,
     pub from: usize,
+    pub to: usize,
     /// Indexed by column, length b.
     pub scale: &'a [T],
 }
@@ -68,7 +104,7 @@ pub struct ScaledAbs<'a, T> {
 impl<T: Real> RowKeys for ScaledAbs<'_, T> {
     #[inline(always)]
     fn fill(&self, row: usize, out: &mut [u64]) {
-        let w = &self.w[row * self.b + self.from..(row + 1) * self.b];
+        let w = &self.w[row * self.b + self.from..row * self.b + self.to];
         for (o, (&x, &s)) in out.iter_mut().zip(w.iter().zip(&self.scale[self.from..])) {
             *o = (x.abs() * s).key();
         }

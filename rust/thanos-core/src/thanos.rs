@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
 use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
-use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm, ScaledAbs};
+use crate::mask::{column_scores, mark_row, smallest, smallest_columns, smallest_nm, ScaledAbs};
 use crate::scalar::Real;
 use crate::solve::{padded, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
@@ -59,15 +59,14 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
         let i2 = (i1 + bs).min(b);
         // Global residual selection over every remaining column, kept to this block.
         let wr: &[T] = w;
-        let keys = ScaledAbs { w: wr, b, from: i1, scale: layer.hsqrt };
+        let keys = ScaledAbs { w: wr, b, from: i1, to: b, scale: layer.hsqrt };
         let sel = smallest(c, b - i1, target - made, &keys);
-        mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
-            for j in 0..i2 - i1 {
-                let key = (wr[k * b + i1 + j].abs() * layer.hsqrt[i1 + j]).key();
-                row[i1 + j] = sel.contains(key, k, j);
-            }
-        });
-        made += mask.par_chunks(b).map(|row| row[i1..i2].iter().filter(|&&x| x).count()).sum::<usize>();
+        let block = ScaledAbs { to: i2, ..keys };
+        made += mask
+            .par_chunks_mut(b)
+            .enumerate()
+            .map_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]))
+            .sum::<usize>();
         block_update(w, &mask, layer, i1, i2)?;
     }
     Ok(mask)
@@ -146,7 +145,11 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
     let solved: Vec<Vec<T>> = rows
         .par_chunks(LANES)
         .map_init(LaneScratch::default, |scratch, batch| {
-            let mut rhs: Vec<T> = batch.iter().flat_map(|&k| q(k).iter().map(move |&j| w[k * b + i1 + j])).collect();
+            let mut rhs = Vec::with_capacity(batch.len() * bw);
+            for &k in batch {
+                let wrow = &w[k * b + i1..k * b + i2];
+                rhs.extend(q(k).iter().map(|&j| wrow[j]));
+            }
             let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
             let mut views = split_by(&mut rhs, qs.iter().map(|x| x.len()));
             let failed = solve_lanes(&g, bw + 1, &qs, &mut views, scratch);
