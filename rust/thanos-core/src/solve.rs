@@ -38,31 +38,40 @@ pub struct LaneScratch<T> {
     cols: Vec<[u32; LANES]>,
 }
 
-/// The leading n x n block of a row-major matrix (row stride `stride`), copied
-/// into the (n+1) x (n+1) zero-padded layout that [`solve_lanes`] reads.
-pub fn padded<T: Real>(g: &[T], n: usize, stride: usize) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); (n + 1) * (n + 1)];
-    for (dst, src) in out.chunks_exact_mut(n + 1).zip(g.chunks(stride)).take(n) {
-        dst[..n].copy_from_slice(&src[..n]);
+/// Start of row i in a packed lower triangle.
+#[inline(always)]
+fn tri(i: usize) -> usize {
+    i * (i + 1) / 2
+}
+
+/// The lower triangle of the leading n x n block of a symmetric row-major
+/// matrix (row stride `stride`), packed by rows, plus a zero row n: the
+/// layout [`solve_lanes`] reads. Packed, a 128 x 128 f32 G (33 KB) stays in
+/// L1 for the gathers.
+pub fn packed<T: Real>(g: &[T], n: usize, stride: usize) -> Vec<T> {
+    let mut out = vec![T::from_f64(0.0); tri(n + 1)];
+    for i in 0..n {
+        out[tri(i)..tri(i) + i + 1].copy_from_slice(&g[i * stride..i * stride + i + 1]);
     }
     out
 }
 
 /// For each lane l < qs.len() (at most LANES), solves `G[Q_l,Q_l] x = rhs_l`
-/// in place, where `Q_l = qs[l]` and `rhs[l]` has length |Q_l|. `g` is the
-/// n x n G in the layout of [`padded`] (row stride n + 1). Returns a bit set
-/// of the lanes whose system was not numerically positive definite (their
-/// rhs is unspecified).
+/// in place, where `Q_l = qs[l]` (strictly increasing) and `rhs[l]` has
+/// length |Q_l|. `g` is the n x n G in the layout of [`packed`]. Returns a
+/// bit set of the lanes whose system was not numerically positive definite
+/// (their rhs is unspecified).
 pub fn solve_lanes<T: Real>(
     g: &[T],
-    stride: usize,
+    n: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
     assert!(qs.len() <= LANES && qs.len() == rhs.len());
-    assert!(g.len() == stride * stride && g.len() <= u32::MAX as usize);
-    assert!(qs.iter().flat_map(|q| q.iter()).all(|&j| j < stride));
+    assert!(g.len() == tri(n + 1) && g.len() <= u32::MAX as usize);
+    // Increasing sets make every gathered (i, j <= i) entry lie in the triangle.
+    assert!(qs.iter().all(|q| q.windows(2).all(|p| p[0] < p[1]) && q.last().is_none_or(|&j| j < n)));
     let wide = std::mem::size_of::<T>() == 8;
     #[cfg(target_arch = "x86_64")]
     {
@@ -71,9 +80,9 @@ pub fn solve_lanes<T: Real>(
             // SAFETY: the features were just detected on this CPU.
             return unsafe {
                 if wide {
-                    solve_lanes_avx512::<T, 2>(g, stride, qs, rhs, scratch)
+                    solve_lanes_avx512::<T, 2>(g, n, qs, rhs, scratch)
                 } else {
-                    solve_lanes_avx512::<T, 4>(g, stride, qs, rhs, scratch)
+                    solve_lanes_avx512::<T, 4>(g, n, qs, rhs, scratch)
                 }
             };
         }
@@ -81,50 +90,50 @@ pub fn solve_lanes<T: Real>(
             // SAFETY: as above.
             return unsafe {
                 if wide {
-                    solve_lanes_avx2::<T, 1>(g, stride, qs, rhs, scratch)
+                    solve_lanes_avx2::<T, 1>(g, n, qs, rhs, scratch)
                 } else {
-                    solve_lanes_avx2::<T, 2>(g, stride, qs, rhs, scratch)
+                    solve_lanes_avx2::<T, 2>(g, n, qs, rhs, scratch)
                 }
             };
         }
     }
-    solve_lanes_generic::<T, false, false, 1>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, false, false, 1>(g, n, qs, rhs, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
     g: &[T],
-    stride: usize,
+    n: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
-    solve_lanes_generic::<T, true, true, TS>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, true, true, TS>(g, n, qs, rhs, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn solve_lanes_avx2<T: Real, const TS: usize>(
     g: &[T],
-    stride: usize,
+    n: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
-    solve_lanes_generic::<T, true, false, TS>(g, stride, qs, rhs, scratch)
+    solve_lanes_generic::<T, true, false, TS>(g, n, qs, rhs, scratch)
 }
 
 #[inline(always)]
 fn solve_lanes_generic<T: Real, const FUSED: bool, const AVX512: bool, const TS: usize>(
     g: &[T],
-    stride: usize,
+    n: usize,
     qs: &[&[usize]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
     let s = qs.iter().map(|q| q.len()).max().unwrap_or(0);
-    prepare(stride, qs, rhs, s, scratch);
+    prepare(n, qs, rhs, s, scratch);
     let failed = cholesky::<T, FUSED, AVX512, TS>(g, s, scratch);
     let sc = &mut *scratch;
     forward::<T, FUSED>(&sc.a, &sc.dinv, s, &mut sc.x);
@@ -152,12 +161,12 @@ fn fms<T: Real, const FUSED: bool>(mut acc: Lanes<T>, x: &Lanes<T>, y: &Lanes<T>
 }
 
 /// Gather indices, padding diagonals and right-hand sides. A lane shorter
-/// than s reads index n (the zero last row and column of the padded G) and
+/// than s reads row n there (the zero last row of the packed G) and
 /// gets a unit diagonal there: identity rows with a zero rhs.
 #[inline(always)]
-fn prepare<T: Real>(stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
+fn prepare<T: Real>(n: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
-    let pad = stride - 1;
+    let pad = n;
     scratch.offs.clear();
     scratch.offs.resize(s, [0; LANES]);
     scratch.cols.clear();
@@ -169,7 +178,7 @@ fn prepare<T: Real>(stride: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, 
         for i in 0..s {
             let j = q.get(i).copied().unwrap_or(pad);
             scratch.cols[i][l] = j as u32;
-            scratch.offs[i][l] = (j * stride) as u32;
+            scratch.offs[i][l] = tri(j) as u32;
             if j == pad {
                 scratch.unit[i][l] = one;
             }
@@ -217,7 +226,7 @@ fn gather<T: Real, const AVX512: bool>(g: &[T], offs: &[u32; LANES], cols: &[u32
     }
     let mut v = [T::from_f64(0.0); LANES];
     for l in 0..LANES {
-        // SAFETY: solve_lanes checked every index < stride and g = stride^2.
+        // SAFETY: solve_lanes checked the sets, so every index is in g.
         v[l] = unsafe { *g.get_unchecked((offs[l] + cols[l]) as usize) };
     }
     v
@@ -403,14 +412,42 @@ fn finish_diagonal<T: Real, const FUSED: bool, const TS: usize>(
     (acc, failed)
 }
 
+/// `acc - sum_k L[row(k)] * x[k]` over k in `ks`, in four independent
+/// chains (one chain would wait on the FMA latency at every step).
+#[inline(always)]
+fn dot_sub<T: Real, const FUSED: bool>(
+    acc: Lanes<T>,
+    a: &[Lanes<T>],
+    at: impl Fn(usize) -> usize,
+    x: &[Lanes<T>],
+    ks: std::ops::Range<usize>,
+) -> Lanes<T> {
+    let zero = [T::from_f64(0.0); LANES];
+    let (mut p0, mut p1, mut p2, mut p3) = (acc, zero, zero, zero);
+    let mut k = ks.start;
+    while k + 4 <= ks.end {
+        p0 = fms::<T, FUSED>(p0, &a[at(k)], &x[k]);
+        p1 = fms::<T, FUSED>(p1, &a[at(k + 1)], &x[k + 1]);
+        p2 = fms::<T, FUSED>(p2, &a[at(k + 2)], &x[k + 2]);
+        p3 = fms::<T, FUSED>(p3, &a[at(k + 3)], &x[k + 3]);
+        k += 4;
+    }
+    while k < ks.end {
+        p0 = fms::<T, FUSED>(p0, &a[at(k)], &x[k]);
+        k += 1;
+    }
+    for l in 0..LANES {
+        p0[l] += (p1[l] + p2[l]) + p3[l];
+    }
+    p0
+}
+
 /// L y = b for every lane, in place.
 #[inline(always)]
 fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], dinv: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+    let ld = ld(s);
     for i in 0..s {
-        let mut v = x[i];
-        for (lij, xj) in a[i * ld(s)..i * ld(s) + i].iter().zip(&x[..i]) {
-            v = fms::<T, FUSED>(v, lij, xj);
-        }
+        let mut v = dot_sub::<T, FUSED>(x[i], a, |k| i * ld + k, x, 0..i);
         for l in 0..LANES {
             v[l] *= dinv[i][l];
         }
@@ -423,11 +460,9 @@ fn forward<T: Real, const FUSED: bool>(a: &[Lanes<T>], dinv: &[Lanes<T>], s: usi
 /// x through memory runs several times slower).
 #[inline(always)]
 fn backward<T: Real, const FUSED: bool>(a: &[Lanes<T>], dinv: &[Lanes<T>], s: usize, x: &mut [Lanes<T>]) {
+    let ld = ld(s);
     for i in (0..s).rev() {
-        let mut v = x[i];
-        for k in i + 1..s {
-            v = fms::<T, FUSED>(v, &a[k * ld(s) + i], &x[k]);
-        }
+        let mut v = dot_sub::<T, FUSED>(x[i], a, |k| k * ld + i, x, i + 1..s);
         for l in 0..LANES {
             v[l] *= dinv[i][l];
         }
@@ -490,7 +525,7 @@ mod tests {
         let mut got: Vec<Vec<T>> = want.iter().map(|r| r.iter().map(|&x| T::from_f64(x)).collect()).collect();
         let q_refs: Vec<&[usize]> = qs.iter().map(|q| q.as_slice()).collect();
         let mut rhs: Vec<&mut [T]> = got.iter_mut().map(|r| r.as_mut_slice()).collect();
-        assert_eq!(solve(&padded(&gt, n, n), n + 1, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
+        assert_eq!(solve(&packed(&gt, n, n), n, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
         for ((q, x), b) in qs.iter().zip(&got).zip(&want) {
             for (r, &qi) in q.iter().enumerate() {
                 let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi * n + qj] * xj.to_f64()).sum();
@@ -528,10 +563,10 @@ mod tests {
 
     #[test]
     fn indefinite_lane_is_reported_alone() {
-        let g = padded(&[1.0f32, 2.0, 2.0, 1.0], 2, 2);
+        let g = packed(&[1.0f32, 2.0, 2.0, 1.0], 2, 2);
         let (q0, q1): (&[usize], &[usize]) = (&[0, 1], &[0]);
         let (mut x0, mut x1) = ([1.0f32, 1.0], [3.0f32]);
-        let failed = solve_lanes(&g, 3, &[q0, q1], &mut [&mut x0[..], &mut x1[..]], &mut LaneScratch::default());
+        let failed = solve_lanes(&g, 2, &[q0, q1], &mut [&mut x0[..], &mut x1[..]], &mut LaneScratch::default());
         assert_eq!(failed, 0b01);
         assert_eq!(x1, [3.0]);
     }

@@ -15,9 +15,9 @@ use rayon::prelude::*;
 use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
 use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
-use crate::mask::{column_scores, mark_row, smallest, smallest_columns, smallest_nm, ScaledAbs};
+use crate::mask::{column_scores, mark_nm_row, mark_row, smallest, smallest_columns, ScaledAbs};
 use crate::scalar::Real;
-use crate::solve::{padded, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
+use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
 pub struct Layer<'a, T> {
@@ -86,10 +86,11 @@ fn nm<T: Real>(
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let wr: &[T] = w;
-        mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each(|(k, row)| {
-            let keys: Vec<u64> = (i1..i2).map(|j| (wr[k * b + j].abs() * layer.hsqrt[j]).key()).collect();
-            smallest_nm(&keys, n, m, &mut row[i1..i2]);
-        });
+        let keys = ScaledAbs { w: wr, b, from: i1, to: i2, scale: layer.hsqrt };
+        mask.par_chunks_mut(b)
+            .enumerate()
+            .filter(|(k, _)| !outliers[*k])
+            .for_each_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]));
         block_update(w, &mask, layer, i1, i2)?;
     }
     Ok(mask)
@@ -139,8 +140,8 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
     // Largest systems first, so the rows sharing a batch need little padding.
     let mut rows: Vec<usize> = (0..c).filter(|&k| len[k] > 0).collect();
     rows.sort_unstable_by_key(|&k| (Reverse(len[k]), k));
-    // G = R[:, :bw], copied compact (and zero-padded) so the gathers stay within a few pages.
-    let g = padded(r, bw, rest);
+    // G = R[:, :bw] (symmetric), packed so the gathers stay in L1.
+    let g = packed(r, bw, rest);
     let q = |k: usize| &qflat[k * bw..k * bw + len[k]];
     let solved: Vec<Vec<T>> = rows
         .par_chunks(LANES)
@@ -152,7 +153,7 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
             }
             let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
             let mut views = split_by(&mut rhs, qs.iter().map(|x| x.len()));
-            let failed = solve_lanes(&g, bw + 1, &qs, &mut views, scratch);
+            let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
             for (lane, &k) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
                 views[lane].copy_from_slice(&solve_in_f64(layer, i1, i2, q(k), &w[k * b + i1..])?);
             }
@@ -189,7 +190,7 @@ fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[usize]
         q.iter().flat_map(|&a| q.iter().map(move |&bb| col(a).zip(col(bb)).map(|(x, y)| x * y).sum())).collect();
     let idx: Vec<usize> = (0..s).collect();
     let mut x: Vec<f64> = q.iter().map(|&j| wrow[j].to_f64()).collect();
-    if solve_lanes(&padded(&g, s, s), s + 1, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
+    if solve_lanes(&packed(&g, s, s), s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
         return Err(PruneError::NotPositiveDefinite { damp: layer.factor.damp });
     }
     Ok(x.into_iter().map(T::from_f64).collect())
