@@ -12,6 +12,8 @@ use rayon::prelude::*;
 use crate::scalar::Real;
 use crate::simd::multiversion;
 
+/// Keys computed and compared at a time in the streaming passes.
+const CHUNK: usize = 64;
 /// Rows and keys per row of the sample that places the pivots.
 const SAMPLE_ROWS: usize = 128;
 const SAMPLE_PER_ROW: usize = 128;
@@ -64,7 +66,7 @@ multiversion! {
     /// Marks in `out` which of the first `out.len()` entries of `row` are
     /// selected (keys from `keys`, `buf` its scratch row); returns how many.
     pub fn mark_row[K: RowKeys](sel: &Smallest, keys: &K, row: usize, buf: &mut [u64], out: &mut [bool]) -> usize {
-        keys.fill(row, buf);
+        keys.fill(row, 0, buf);
         let (threshold, ties) = sel.row_rule(row);
         let mut count = 0;
         for (j, (o, &k)) in out.iter_mut().zip(buf.iter()).enumerate() {
@@ -80,13 +82,14 @@ multiversion! {
 /// order-preserving bit pattern ([`Real::key`]). Implementations on the hot
 /// path mark `fill` `#[inline(always)]` so it vectorises with its caller.
 pub trait RowKeys: Sync {
-    /// Writes the keys of `row` into `out` (length width).
-    fn fill(&self, row: usize, out: &mut [u64]);
+    /// Writes the keys of `row`, columns `from..from + out.len()` of the
+    /// region, into `out`.
+    fn fill(&self, row: usize, from: usize, out: &mut [u64]);
 }
 
-impl<F: Fn(usize, &mut [u64]) + Sync> RowKeys for F {
-    fn fill(&self, row: usize, out: &mut [u64]) {
-        self(row, out)
+impl<F: Fn(usize, usize, &mut [u64]) + Sync> RowKeys for F {
+    fn fill(&self, row: usize, from: usize, out: &mut [u64]) {
+        self(row, from, out)
     }
 }
 
@@ -103,9 +106,10 @@ pub struct ScaledAbs<'a, T> {
 
 impl<T: Real> RowKeys for ScaledAbs<'_, T> {
     #[inline(always)]
-    fn fill(&self, row: usize, out: &mut [u64]) {
-        let w = &self.w[row * self.b + self.from..row * self.b + self.to];
-        for (o, (&x, &s)) in out.iter_mut().zip(w.iter().zip(&self.scale[self.from..])) {
+    fn fill(&self, row: usize, from: usize, out: &mut [u64]) {
+        let start = self.from + from;
+        let w = &self.w[row * self.b + start..row * self.b + self.to];
+        for (o, (&x, &s)) in out.iter_mut().zip(w.iter().zip(&self.scale[start..])) {
             *o = (x.abs() * s).key();
         }
     }
@@ -151,7 +155,7 @@ fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
         .step_by(rstep)
         .flat_map_iter(|row| {
             let mut buf = vec![0; width];
-            keys.fill(row, &mut buf);
+            keys.fill(row, 0, &mut buf);
             buf.into_iter().skip(row % cstep).step_by(cstep)
         })
         .collect();
@@ -192,13 +196,18 @@ fn count_below<K: RowKeys>(c: usize, width: usize, pivots: &[u64], keys: &K) -> 
 
 multiversion! {
     fn count_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], pivots: &[u64], counts: &mut [u64]) {
-        keys.fill(row, buf);
-        for (count, &p) in counts.iter_mut().zip(pivots) {
-            let mut below = 0u64;
-            for &k in buf.iter() {
-                below += (k < p) as u64;
+        // A few cache lines at a time, so the loads of the next chunk are in
+        // flight while this one is compared (a whole row first, then the
+        // compares, leaves the memory idle half the time).
+        for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
+            keys.fill(row, at, chunk);
+            for (count, &p) in counts.iter_mut().zip(pivots) {
+                let mut below = 0u64;
+                for &k in chunk.iter() {
+                    below += (k < p) as u64;
+                }
+                *count += below;
             }
-            *count += below;
         }
     }
 }
@@ -222,16 +231,18 @@ fn in_range<K: RowKeys>(c: usize, width: usize, lo: u64, hi: u64, keys: &K) -> V
 
 multiversion! {
     fn range_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], lo: u64, hi: u64, out: &mut Vec<u64>) {
-        keys.fill(row, buf);
-        // Candidates are rare: test 16 keys at once (vectorised), copy only
-        // from the chunks that hold one.
-        for chunk in buf.chunks(16) {
-            let mut any = false;
-            for &k in chunk {
-                any |= k >= lo && k < hi;
-            }
-            if any {
-                out.extend(chunk.iter().filter(|&&k| k >= lo && k < hi));
+        for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
+            keys.fill(row, at, chunk);
+            // Candidates are rare: test 16 keys at once (vectorised), copy
+            // only from the groups that hold one.
+            for group in chunk.chunks(16) {
+                let mut any = false;
+                for &k in group {
+                    any |= k >= lo && k < hi;
+                }
+                if any {
+                    out.extend(group.iter().filter(|&&k| k >= lo && k < hi));
+                }
             }
         }
     }
@@ -241,7 +252,7 @@ multiversion! {
 fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: u64, need: usize, keys: &K) -> (usize, usize) {
     let row_keys = |row: usize| {
         let mut buf = vec![0; width];
-        keys.fill(row, &mut buf);
+        keys.fill(row, 0, &mut buf);
         buf
     };
     let per_row: Vec<usize> =
@@ -319,7 +330,7 @@ fn nm_by_sort(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
 multiversion! {
     /// N:M mask of one row's entries (keys from `keys`, `buf` its scratch).
     pub fn mark_nm_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], n: usize, m: usize, out: &mut [bool]) {
-        keys.fill(row, buf);
+        keys.fill(row, 0, buf);
         smallest_nm(buf, n, m, out);
     }
 }
@@ -386,7 +397,9 @@ mod tests {
 
     fn selected(keys: &[Vec<u64>], r: usize) -> Vec<(usize, usize)> {
         let (c, width) = (keys.len(), keys[0].len());
-        let sel = smallest(c, width, r, &|i: usize, buf: &mut [u64]| buf.copy_from_slice(&keys[i]));
+        let sel = smallest(c, width, r, &|i: usize, from: usize, buf: &mut [u64]| {
+            buf.copy_from_slice(&keys[i][from..from + buf.len()])
+        });
         (0..c).flat_map(|i| (0..width).map(move |j| (i, j))).filter(|&(i, j)| sel.contains(keys[i][j], i, j)).collect()
     }
 
@@ -423,7 +436,9 @@ mod tests {
         let keys: Vec<Vec<u64>> =
             (0..c).map(|i| (0..width).map(|j| ((i * 31 + j * 17) % 5) as u64 * 1_000_000 + 3).collect()).collect();
         for r in 0..=c * width {
-            let sel = smallest(c, width, r, &|i: usize, buf: &mut [u64]| buf.copy_from_slice(&keys[i]));
+            let sel = smallest(c, width, r, &|i: usize, from: usize, buf: &mut [u64]| {
+                buf.copy_from_slice(&keys[i][from..from + buf.len()])
+            });
             let got: Vec<(usize, usize)> = (0..c)
                 .flat_map(|i| (0..width).map(move |j| (i, j)))
                 .filter(|&(i, j)| sel.contains(keys[i][j], i, j))

@@ -51,8 +51,8 @@ fn block_mask<T: Real>(w: &[T], mask: &mut [bool], layer: &Layer<'_, T>, p: f64,
         let (x, d) = (w[k * b + i1 + j], f.diag(i1 + j));
         (x * x / (d * d)).key()
     };
-    let sel = smallest(c, i2 - i1, r, &|k: usize, buf: &mut [u64]| {
-        buf.iter_mut().enumerate().for_each(|(j, o)| *o = key(k, j))
+    let sel = smallest(c, i2 - i1, r, &|k: usize, from: usize, buf: &mut [u64]| {
+        buf.iter_mut().enumerate().for_each(|(j, o)| *o = key(k, from + j))
     });
     mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
         for j in 0..i2 - i1 {

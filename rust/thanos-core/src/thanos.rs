@@ -17,6 +17,7 @@ use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
 use crate::mask::{column_scores, mark_nm_row, mark_row, smallest, smallest_columns, ScaledAbs};
 use crate::scalar::Real;
+use crate::simd::multiversion;
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
@@ -197,14 +198,17 @@ fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[usize]
 }
 
 pub(crate) fn zero_masked<T: Real>(w: &mut [T], mask: &[bool], b: usize, i1: usize, i2: usize) {
-    let zero = T::from_f64(0.0);
-    w.par_chunks_mut(b).zip(mask.par_chunks(b)).for_each(|(row, mrow)| {
-        for j in i1..i2 {
-            if mrow[j] {
-                row[j] = zero;
-            }
+    w.par_chunks_mut(b).zip(mask.par_chunks(b)).for_each(|(row, mrow)| zero_row(&mut row[i1..i2], &mrow[i1..i2]));
+}
+
+multiversion! {
+    /// A select, not a branch, so it vectorises.
+    fn zero_row[T: Real](row: &mut [T], mask: &[bool]) {
+        let zero = T::from_f64(0.0);
+        for (x, &m) in row.iter_mut().zip(mask) {
+            *x = if m { zero } else { *x };
         }
-    });
+    }
 }
 
 /// Structured removal of the columns `cols` from the non-outlier rows with
