@@ -156,7 +156,9 @@ fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
         .flat_map_iter(|row| {
             let mut buf = vec![0; width];
             keys.fill(row, 0, &mut buf);
-            buf.into_iter().skip(row % cstep).step_by(cstep)
+            // Successive sampled rows start at successive offsets, so every
+            // column is sampled (column scales dominate the scores).
+            buf.into_iter().skip(row / rstep % cstep).step_by(cstep)
         })
         .collect();
     sample.sort_unstable();
