@@ -350,10 +350,24 @@ pub fn outlier_rows<T: Real>(w: &[T], hdiag: &[f64], c: usize, b: usize, count: 
 }
 
 /// Column scores v_j = hdiag_j * sum over the rows not excluded of W_kj^2.
+/// Summed in parallel over fixed groups of rows, then the groups in order, so
+/// the result does not depend on the thread count.
 pub fn column_scores<T: Real>(w: &[T], hdiag: &[f64], b: usize, excluded: &[bool]) -> Vec<f64> {
+    const GROUP: usize = 64;
+    let parts: Vec<Vec<f64>> = w
+        .par_chunks(GROUP * b)
+        .zip(excluded.par_chunks(GROUP))
+        .map(|(rows, skip)| {
+            let mut v = vec![0.0f64; b];
+            for (row, _) in rows.chunks_exact(b).zip(skip).filter(|(_, &x)| !x) {
+                v.iter_mut().zip(row).for_each(|(acc, &x)| *acc += x.to_f64() * x.to_f64());
+            }
+            v
+        })
+        .collect();
     let mut v = vec![0.0f64; b];
-    for (row, _) in w.chunks_exact(b).zip(excluded).filter(|(_, &x)| !x) {
-        v.iter_mut().zip(row).for_each(|(acc, &x)| *acc += x.to_f64() * x.to_f64());
+    for part in parts {
+        v.iter_mut().zip(part).for_each(|(acc, x)| *acc += x);
     }
     v.iter_mut().zip(hdiag).for_each(|(acc, &d)| *acc *= d);
     v
