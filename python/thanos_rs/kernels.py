@@ -13,6 +13,7 @@ the layer loss.  Backends:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -119,9 +120,17 @@ def _run(backend: str, w: torch.Tensor, h: torch.Tensor, sp: S.LayerSpec):
     return torch.from_numpy(w_ref), torch.from_numpy(mask), used
 
 
+SIMD_LEVELS = ("baseline", "avx2", "avx512")
+
+
 def _run_rust(w: torch.Tensor, h: torch.Tensor, sp: S.LayerSpec):
     from . import _core
 
+    # The Rust core ignores a value it does not know; say so here instead.
+    simd = os.environ.get("THANOS_SIMD", "")
+    if simd and simd not in SIMD_LEVELS:
+        levels = ", ".join(SIMD_LEVELS)
+        raise InputError(f"THANOS_SIMD={simd!r} is not a level: set it to one of {levels}, or unset it")
     pat = sp.pattern
     w_np, mask, used = _core.prune_layer(
         np.ascontiguousarray(w.cpu().numpy()),

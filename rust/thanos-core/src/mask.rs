@@ -384,6 +384,7 @@ pub fn smallest_columns(scores: &[f64], s: usize) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::{with_cap, Level};
 
     fn brute(keys: &[Vec<u64>], r: usize) -> Vec<(usize, usize)> {
         let mut all: Vec<(u64, usize, usize)> =
@@ -428,6 +429,41 @@ mod tests {
             for r in [1, 2, 17, n / 100, n / 2, n - n / 7, n - 2, n - 1] {
                 assert_eq!(selected(&keys, r), brute(&keys, r), "distinct {distinct}, r = {r}");
             }
+        }
+    }
+
+    #[test]
+    fn every_simd_level_selects_the_same() {
+        let keys = random_keys(200, 300, 1000, 4);
+        let n = 200 * 300;
+        let w: Vec<f32> = random_keys(1, 64 * 40, 1 << 20, 5)[0].iter().map(|&k| k as f32 - 5e5).collect();
+        let scale: Vec<f32> = (0..40).map(|j| 1.0 + j as f32 / 7.0).collect();
+        let abs = ScaledAbs { w: &w, b: 40, from: 8, to: 40, scale: &scale };
+        for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+            with_cap(level, || {
+                for r in [1, n / 3, n - 5] {
+                    assert_eq!(selected(&keys, r), brute(&keys, r), "{level:?}, r = {r}");
+                }
+                // The block marking of Thanos: the same entries as `contains`.
+                let sel = smallest(64, 32, 700, &abs);
+                let mut buf = vec![0u64; 32];
+                for row in 0..64 {
+                    let mut out = vec![false; 16];
+                    let count = mark_row(&sel, &abs, row, &mut buf[..16], &mut out);
+                    abs.fill(row, 0, &mut buf);
+                    let want: Vec<bool> = (0..16).map(|j| sel.contains(buf[j], row, j)).collect();
+                    assert_eq!((out, count), (want.clone(), want.iter().filter(|&&x| x).count()), "{level:?}");
+                }
+                // N:M by rank through the dispatched row marker.
+                let row_keys =
+                    |row: usize, from: usize, out: &mut [u64]| out.copy_from_slice(&keys[row][from..from + out.len()]);
+                for (nn, m) in [(2, 4), (3, 8)] {
+                    let (mut fast, mut slow) = (vec![false; 296], vec![false; 296]);
+                    mark_nm_row(&row_keys, 7, &mut vec![0; 296], nn, m, &mut fast);
+                    nm_by_sort(&keys[7][..296], nn, m, &mut slow);
+                    assert_eq!(fast, slow, "{level:?} {nn}:{m}");
+                }
+            });
         }
     }
 

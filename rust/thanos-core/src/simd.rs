@@ -6,6 +6,66 @@
 //! picks one at run time. Everything the body calls on its hot path must be
 //! `#[inline(always)]` (or a plain loop): a function that is not inlined is
 //! compiled for the baseline only.
+//!
+//! `THANOS_SIMD=baseline|avx2|avx512` caps the level (other values are
+//! ignored): results then match, bit for bit, a CPU that has only that level.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// The vector extensions a kernel may use, narrowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Baseline = 0,
+    Avx2 = 1,
+    Avx512 = 2,
+}
+
+/// A cap set by tests (`u8::MAX`: none).
+static TEST_CAP: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The widest level this CPU supports, capped by `THANOS_SIMD`.
+#[inline(always)]
+pub fn level() -> Level {
+    static DETECTED: OnceLock<Level> = OnceLock::new();
+    let level = *DETECTED.get_or_init(|| {
+        let cap = match std::env::var("THANOS_SIMD").as_deref() {
+            Ok("baseline") => Level::Baseline,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        detect().min(cap)
+    });
+    match TEST_CAP.load(Ordering::Relaxed) {
+        0 => Level::Baseline,
+        1 => level.min(Level::Avx2),
+        _ => level,
+    }
+}
+
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
+            return Level::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Level::Avx2;
+        }
+    }
+    Level::Baseline
+}
+
+/// Runs `f` with the level capped at `cap` (tests of every compiled variant).
+/// Global: concurrent tests see the cap too, which only changes their speed.
+#[cfg(test)]
+pub fn with_cap<R>(cap: Level, f: impl FnOnce() -> R) -> R {
+    TEST_CAP.store(cap as u8, Ordering::Relaxed);
+    let out = f();
+    TEST_CAP.store(u8::MAX, Ordering::Relaxed);
+    out
+}
 
 macro_rules! multiversion {
     (
@@ -30,16 +90,12 @@ macro_rules! multiversion {
             }
 
             #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
-                    // SAFETY: the features were just detected on this CPU.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if has!("avx2") && has!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
+            match $crate::simd::level() {
+                // SAFETY: level() only reports features detected on this CPU.
+                $crate::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                $crate::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                $crate::simd::Level::Baseline => {}
             }
             body($($arg),*)
         }

@@ -17,6 +17,8 @@ use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_uppe
 use faer::{MatMut, Par};
 
 use crate::scalar::Real;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{level, Level};
 
 /// Rows solved together.
 pub const LANES: usize = 16;
@@ -74,28 +76,28 @@ pub fn solve_lanes<T: Real>(
     assert!(qs.iter().all(|q| q.windows(2).all(|p| p[0] < p[1]) && q.last().is_none_or(|&j| j < n)));
     let wide = std::mem::size_of::<T>() == 8;
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
-            // SAFETY: the features were just detected on this CPU.
+    match level() {
+        // SAFETY: level() only reports features detected on this CPU.
+        Level::Avx512 => {
             return unsafe {
                 if wide {
                     solve_lanes_avx512::<T, 2>(g, n, qs, rhs, scratch)
                 } else {
                     solve_lanes_avx512::<T, 4>(g, n, qs, rhs, scratch)
                 }
-            };
+            }
         }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: as above.
+        // SAFETY: as above.
+        Level::Avx2 => {
             return unsafe {
                 if wide {
                     solve_lanes_avx2::<T, 1>(g, n, qs, rhs, scratch)
                 } else {
                     solve_lanes_avx2::<T, 2>(g, n, qs, rhs, scratch)
                 }
-            };
+            }
         }
+        Level::Baseline => {}
     }
     solve_lanes_generic::<T, false, false, 1>(g, n, qs, rhs, scratch)
 }
