@@ -7,6 +7,7 @@
 //! is ever recomputed.
 
 use std::cmp::Reverse;
+use std::ops::Range;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -56,6 +57,7 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
     let target = target_zeros(cfg.sparsity, c, b);
     let mut mask = vec![false; c * b];
     let mut made = 0;
+    let mut buffers = BlockBuffers::default();
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         // Global residual selection over every remaining column, kept to this block.
@@ -68,7 +70,7 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
             .enumerate()
             .map_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]))
             .sum::<usize>();
-        block_update(w, &mask, layer, i1, i2)?;
+        block_update(w, &mask, layer, i1, i2, &mut buffers)?;
     }
     Ok(mask)
 }
@@ -84,6 +86,7 @@ fn nm<T: Real>(
     let b = layer.b;
     let bs = cfg.block_for(b);
     let mut mask = vec![false; layer.c * b];
+    let mut buffers = BlockBuffers::default();
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let wr: &[T] = w;
@@ -92,33 +95,70 @@ fn nm<T: Real>(
             .enumerate()
             .filter(|(k, _)| !outliers[*k])
             .for_each_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]));
-        block_update(w, &mask, layer, i1, i2)?;
+        block_update(w, &mask, layer, i1, i2, &mut buffers)?;
     }
     Ok(mask)
 }
 
+/// The block loop's large buffers, kept across blocks: allocated afresh, each
+/// would be new pages (page faults) in every block.
+struct BlockBuffers<T> {
+    /// R = U_blk^T U[i1:i2, i1:].
+    r: Vec<T>,
+    /// The rows' lambdas, c x bw.
+    l: Vec<T>,
+    sets: RowSets,
+}
+
+impl<T> Default for BlockBuffers<T> {
+    fn default() -> Self {
+        BlockBuffers { r: Vec::new(), l: Vec::new(), sets: RowSets::default() }
+    }
+}
+
+/// Q_k of every row, flat (row k at k * bw), and |Q_k|.
+#[derive(Default)]
+struct RowSets {
+    flat: Vec<usize>,
+    len: Vec<usize>,
+}
+
+/// `buf` cleared and resized to `n` copies of `value`, keeping its pages.
+fn reuse<T: Copy>(buf: &mut Vec<T>, n: usize, value: T) {
+    buf.clear();
+    buf.resize(n, value);
+}
+
 /// Applies the optimal update of every row for its mask in [i1, i2).
-fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Result<()> {
+fn block_update<T: Real>(
+    w: &mut [T],
+    mask: &[bool],
+    layer: &Layer<'_, T>,
+    i1: usize,
+    i2: usize,
+    buffers: &mut BlockBuffers<T>,
+) -> Result<()> {
     let (c, b) = (layer.c, layer.b);
     let (bw, rest) = (i2 - i1, b - i1);
     let u = layer.factor.view();
+    let BlockBuffers { r, l, sets } = buffers;
     // R = U_blk^T U[i1:i2, i1:]  (bw x rest, row-major); G = R[:, :bw].
-    let mut r = vec![T::from_f64(0.0); bw * rest];
+    reuse(r, bw * rest, T::from_f64(0.0));
     matmul(
-        MatMut::from_row_major_slice_mut(&mut r, bw, rest),
+        MatMut::from_row_major_slice_mut(r, bw, rest),
         Accum::Replace,
         u.submatrix(i1, i1, bw, bw).transpose(),
         u.submatrix(i1, i1, bw, rest),
         T::from_f64(1.0),
         layer.par,
     );
-    let l = solve_rows(w, mask, &r, layer, i1, i2)?;
+    solve_rows(w, mask, r, layer, i1..i2, sets, l)?;
     let full = MatMut::from_row_major_slice_mut(w, c, b);
     matmul(
         full.submatrix_mut(0, i1, c, rest),
         Accum::Add,
-        MatRef::from_row_major_slice(&l, c, bw),
-        MatRef::from_row_major_slice(&r, bw, rest),
+        MatRef::from_row_major_slice(l, c, bw),
+        MatRef::from_row_major_slice(r, bw, rest),
         T::from_f64(-1.0),
         layer.par,
     );
@@ -126,18 +166,28 @@ fn block_update<T: Real>(w: &mut [T], mask: &[bool], layer: &Layer<'_, T>, i1: u
     Ok(())
 }
 
-/// L (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k, zero elsewhere.
-fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize) -> Result<Vec<T>> {
+/// Fills `l` (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k,
+/// zero elsewhere.
+fn solve_rows<T: Real>(
+    w: &[T],
+    mask: &[bool],
+    r: &[T],
+    layer: &Layer<'_, T>,
+    block: Range<usize>,
+    sets: &mut RowSets,
+    l: &mut Vec<T>,
+) -> Result<()> {
+    let (i1, i2) = (block.start, block.end);
     let (c, b, bw, rest) = (layer.c, layer.b, i2 - i1, layer.b - i1);
-    // Q_k of every row, flat (row k at k * bw), and |Q_k|.
-    let mut qflat = vec![0usize; c * bw];
-    let mut len = vec![0usize; c];
-    qflat.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
+    reuse(&mut sets.flat, c * bw, 0);
+    reuse(&mut sets.len, c, 0);
+    sets.flat.par_chunks_mut(bw).zip(sets.len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
         for (j, &m) in mask[k * b + i1..k * b + i2].iter().enumerate() {
             q[*n] = j;
             *n += usize::from(m);
         }
     });
+    let (qflat, len) = (&sets.flat, &sets.len);
     // Largest systems first, so the rows sharing a batch need little padding.
     let mut rows: Vec<usize> = (0..c).filter(|&k| len[k] > 0).collect();
     rows.sort_unstable_by_key(|&k| (Reverse(len[k]), k));
@@ -161,14 +211,14 @@ fn solve_rows<T: Real>(w: &[T], mask: &[bool], r: &[T], layer: &Layer<'_, T>, i1
             Ok(rhs)
         })
         .collect::<Result<_>>()?;
-    let mut l = vec![T::from_f64(0.0); c * bw];
+    reuse(l, c * bw, T::from_f64(0.0));
     for (batch, lambdas) in rows.chunks(LANES).zip(&solved) {
         let mut lambdas = lambdas.iter();
         for &k in batch {
             q(k).iter().zip(&mut lambdas).for_each(|(&j, &v)| l[k * bw + j] = v);
         }
     }
-    Ok(l)
+    Ok(())
 }
 
 /// Consecutive mutable pieces of `buf` with the given lengths.
