@@ -252,23 +252,35 @@ multiversion! {
 
 /// Position of the `need`-th key equal to `threshold` in row-major order.
 fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: u64, need: usize, keys: &K) -> (usize, usize) {
-    let row_keys = |row: usize| {
-        let mut buf = vec![0; width];
-        keys.fill(row, 0, &mut buf);
-        buf
-    };
-    let per_row: Vec<usize> =
-        (0..c).into_par_iter().map(|row| row_keys(row).iter().filter(|&&k| k == threshold).count()).collect();
+    let per_row: Vec<usize> = (0..c)
+        .into_par_iter()
+        .with_min_len(16)
+        .map_init(|| vec![0u64; width], |buf, row| count_equal_row(keys, row, buf, threshold))
+        .collect();
     let mut left = need;
     for (row, &count) in per_row.iter().enumerate() {
         if left <= count {
-            let keys = row_keys(row);
-            let col = (0..width).filter(|&col| keys[col] == threshold).nth(left - 1).expect("counted above");
+            let mut buf = vec![0; width];
+            keys.fill(row, 0, &mut buf);
+            let col = (0..width).filter(|&col| buf[col] == threshold).nth(left - 1).expect("counted above");
             return (row, col);
         }
         left -= count;
     }
     unreachable!("fewer equal keys than counted")
+}
+
+multiversion! {
+    fn count_equal_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], threshold: u64) -> usize {
+        let mut equal = 0;
+        for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
+            keys.fill(row, at, chunk);
+            for &k in chunk.iter() {
+                equal += usize::from(k == threshold);
+            }
+        }
+        equal
+    }
 }
 
 /// Marks in `out` the `count` smallest keys by (key, index).
