@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::scalar::Real;
+use crate::scalar::{Key, Real};
 use crate::simd::multiversion;
 
 /// Keys computed and compared at a time in the streaming passes.
@@ -65,9 +65,10 @@ impl Smallest {
 multiversion! {
     /// Marks in `out` which of the first `out.len()` entries of `row` are
     /// selected (keys from `keys`, `buf` its scratch row); returns how many.
-    pub fn mark_row[K: RowKeys](sel: &Smallest, keys: &K, row: usize, buf: &mut [u64], out: &mut [bool]) -> usize {
+    pub fn mark_row[K: RowKeys](sel: &Smallest, keys: &K, row: usize, buf: &mut [K::Key], out: &mut [bool]) -> usize {
         keys.fill(row, 0, buf);
         let (threshold, ties) = sel.row_rule(row);
+        let threshold = K::Key::narrow(threshold);
         let mut count = 0;
         for (j, (o, &k)) in out.iter_mut().zip(buf.iter()).enumerate() {
             let x = k < threshold || (k == threshold && j < ties);
@@ -82,12 +83,14 @@ multiversion! {
 /// order-preserving bit pattern ([`Real::key`]). Implementations on the hot
 /// path mark `fill` `#[inline(always)]` so it vectorises with its caller.
 pub trait RowKeys: Sync {
+    type Key: Key;
     /// Writes the keys of `row`, columns `from..from + out.len()` of the
     /// region, into `out`.
-    fn fill(&self, row: usize, from: usize, out: &mut [u64]);
+    fn fill(&self, row: usize, from: usize, out: &mut [Self::Key]);
 }
 
 impl<F: Fn(usize, usize, &mut [u64]) + Sync> RowKeys for F {
+    type Key = u64;
     fn fill(&self, row: usize, from: usize, out: &mut [u64]) {
         self(row, from, out)
     }
@@ -105,12 +108,13 @@ pub struct ScaledAbs<'a, T> {
 }
 
 impl<T: Real> RowKeys for ScaledAbs<'_, T> {
+    type Key = T::Key;
     #[inline(always)]
-    fn fill(&self, row: usize, from: usize, out: &mut [u64]) {
+    fn fill(&self, row: usize, from: usize, out: &mut [T::Key]) {
         let start = self.from + from;
         let w = &self.w[row * self.b + start..row * self.b + self.to];
         for (o, (&x, &s)) in out.iter_mut().zip(w.iter().zip(&self.scale[start..])) {
-            *o = (x.abs() * s).key();
+            *o = (x.abs() * s).narrow_key();
         }
     }
 }
@@ -134,8 +138,8 @@ pub fn smallest<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K) -> Small
     let below = count_below(c, width, &pivots, keys);
     // The first pivot with at least r keys below it bounds the interval.
     let m = below.iter().position(|&x| x as usize >= r).unwrap_or(pivots.len());
-    let (lo, below_lo) = if m == 0 { (0, 0) } else { (pivots[m - 1], below[m - 1] as usize) };
-    let hi = pivots.get(m).copied().unwrap_or(u64::MAX);
+    let (lo, below_lo) = if m == 0 { (K::Key::default(), 0) } else { (pivots[m - 1], below[m - 1] as usize) };
+    let hi = pivots.get(m).copied().unwrap_or(K::Key::narrow(u64::MAX));
     let mut cands = in_range(c, width, lo, hi, keys);
     let rank = r - below_lo; // 1-based rank inside [lo, hi)
     let (_, &mut threshold, _) = cands.select_nth_unstable(rank - 1);
@@ -143,18 +147,18 @@ pub fn smallest<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K) -> Small
     let equal = cands.iter().filter(|&&k| k == threshold).count();
     let need = r - less;
     let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, keys));
-    Smallest { threshold, cutoff, empty: false }
+    Smallest { threshold: threshold.widen(), cutoff, empty: false }
 }
 
 /// Increasing pivots around quantile `q`, read off a strided sample of rows
 /// and columns (deterministic, so results and timings repeat).
-fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
+fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<K::Key> {
     let (rstep, cstep) = ((c / SAMPLE_ROWS).max(1), (width / SAMPLE_PER_ROW).max(1));
-    let mut sample: Vec<u64> = (rstep / 2..c)
+    let mut sample: Vec<K::Key> = (rstep / 2..c)
         .into_par_iter()
         .step_by(rstep)
         .flat_map_iter(|row| {
-            let mut buf = vec![0; width];
+            let mut buf = vec![K::Key::default(); width];
             keys.fill(row, 0, &mut buf);
             // Successive sampled rows start at successive offsets, so every
             // column is sampled (column scales dominate the scores).
@@ -163,7 +167,7 @@ fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
         .collect();
     sample.sort_unstable();
     let at = |p: f64| sample[((p.clamp(0.0, 1.0) * sample.len() as f64) as usize).min(sample.len() - 1)];
-    let mut out: Vec<u64> = PIVOT_OFFSETS
+    let mut out: Vec<K::Key> = PIVOT_OFFSETS
         .iter()
         .rev()
         .map(|d| at(q - d))
@@ -175,12 +179,12 @@ fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<u64> {
 }
 
 /// For each pivot, how many keys of the region are strictly below it.
-fn count_below<K: RowKeys>(c: usize, width: usize, pivots: &[u64], keys: &K) -> Vec<u64> {
+fn count_below<K: RowKeys>(c: usize, width: usize, pivots: &[K::Key], keys: &K) -> Vec<u64> {
     (0..c)
         .into_par_iter()
         .with_min_len(16)
         .fold(
-            || (vec![0u64; pivots.len()], vec![0u64; width]),
+            || (vec![0u64; pivots.len()], vec![K::Key::default(); width]),
             |(mut counts, mut buf), row| {
                 count_row(keys, row, &mut buf, pivots, &mut counts);
                 (counts, buf)
@@ -197,7 +201,7 @@ fn count_below<K: RowKeys>(c: usize, width: usize, pivots: &[u64], keys: &K) -> 
 }
 
 multiversion! {
-    fn count_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], pivots: &[u64], counts: &mut [u64]) {
+    fn count_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], pivots: &[K::Key], counts: &mut [u64]) {
         // A few cache lines at a time, so the loads of the next chunk are in
         // flight while this one is compared (a whole row first, then the
         // compares, leaves the memory idle half the time).
@@ -215,13 +219,13 @@ multiversion! {
 }
 
 /// Every key in [lo, hi).
-fn in_range<K: RowKeys>(c: usize, width: usize, lo: u64, hi: u64, keys: &K) -> Vec<u64> {
+fn in_range<K: RowKeys>(c: usize, width: usize, lo: K::Key, hi: K::Key, keys: &K) -> Vec<K::Key> {
     (0..c)
         .into_par_iter()
         .with_min_len(16)
         .fold(
-            || (Vec::new(), vec![0u64; width]),
-            |(mut out, mut buf): (Vec<u64>, Vec<u64>), row| {
+            || (Vec::new(), vec![K::Key::default(); width]),
+            |(mut out, mut buf): (Vec<K::Key>, Vec<K::Key>), row| {
                 range_row(keys, row, &mut buf, lo, hi, &mut out);
                 (out, buf)
             },
@@ -232,7 +236,7 @@ fn in_range<K: RowKeys>(c: usize, width: usize, lo: u64, hi: u64, keys: &K) -> V
 }
 
 multiversion! {
-    fn range_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], lo: u64, hi: u64, out: &mut Vec<u64>) {
+    fn range_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], lo: K::Key, hi: K::Key, out: &mut Vec<K::Key>) {
         for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
             keys.fill(row, at, chunk);
             // Candidates are rare: test 16 keys at once (vectorised), copy
@@ -251,16 +255,16 @@ multiversion! {
 }
 
 /// Position of the `need`-th key equal to `threshold` in row-major order.
-fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: u64, need: usize, keys: &K) -> (usize, usize) {
+fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: K::Key, need: usize, keys: &K) -> (usize, usize) {
     let per_row: Vec<usize> = (0..c)
         .into_par_iter()
         .with_min_len(16)
-        .map_init(|| vec![0u64; width], |buf, row| count_equal_row(keys, row, buf, threshold))
+        .map_init(|| vec![K::Key::default(); width], |buf, row| count_equal_row(keys, row, buf, threshold))
         .collect();
     let mut left = need;
     for (row, &count) in per_row.iter().enumerate() {
         if left <= count {
-            let mut buf = vec![0; width];
+            let mut buf = vec![K::Key::default(); width];
             keys.fill(row, 0, &mut buf);
             let col = (0..width).filter(|&col| buf[col] == threshold).nth(left - 1).expect("counted above");
             return (row, col);
@@ -271,7 +275,7 @@ fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: u64, need: usize, ke
 }
 
 multiversion! {
-    fn count_equal_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], threshold: u64) -> usize {
+    fn count_equal_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], threshold: K::Key) -> usize {
         let mut equal = 0;
         for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
             keys.fill(row, at, chunk);
@@ -284,7 +288,7 @@ multiversion! {
 }
 
 /// Marks in `out` the `count` smallest keys by (key, index).
-pub fn smallest_in_row(keys: &[u64], count: usize, out: &mut [bool], scratch: &mut Vec<(u64, usize)>) {
+pub fn smallest_in_row<K: Ord + Copy>(keys: &[K], count: usize, out: &mut [bool], scratch: &mut Vec<(K, usize)>) {
     out.iter_mut().for_each(|o| *o = false);
     let count = count.min(keys.len());
     if count == 0 {
@@ -302,10 +306,10 @@ pub fn smallest_in_row(keys: &[u64], count: usize, out: &mut [bool], scratch: &m
 
 /// Marks the n smallest keys of every group of m consecutive entries.
 #[inline(always)]
-pub fn smallest_nm(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
+pub fn smallest_nm<K: Ord + Copy>(keys: &[K], n: usize, m: usize, out: &mut [bool]) {
     match m {
-        4 => nm_by_rank::<4>(keys, n, out),
-        8 => nm_by_rank::<8>(keys, n, out),
+        4 => nm_by_rank::<K, 4>(keys, n, out),
+        8 => nm_by_rank::<K, 8>(keys, n, out),
         _ => nm_by_sort(keys, n, m, out),
     }
 }
@@ -313,7 +317,7 @@ pub fn smallest_nm(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
 /// Entry i of a group is kept out iff fewer than n entries precede it in
 /// (key, index) order: M^2 branch-free compares per group, unrolled.
 #[inline(always)]
-fn nm_by_rank<const M: usize>(keys: &[u64], n: usize, out: &mut [bool]) {
+fn nm_by_rank<K: Ord + Copy, const M: usize>(keys: &[K], n: usize, out: &mut [bool]) {
     for (kg, og) in keys.chunks_exact(M).zip(out.chunks_exact_mut(M)) {
         for i in 0..M {
             let mut rank = 0;
@@ -325,7 +329,7 @@ fn nm_by_rank<const M: usize>(keys: &[u64], n: usize, out: &mut [bool]) {
     }
 }
 
-fn nm_by_sort(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
+fn nm_by_sort<K: Ord + Copy>(keys: &[K], n: usize, m: usize, out: &mut [bool]) {
     let mut order = [0usize; 64];
     for (kg, og) in keys.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
         if m <= order.len() {
@@ -343,7 +347,7 @@ fn nm_by_sort(keys: &[u64], n: usize, m: usize, out: &mut [bool]) {
 
 multiversion! {
     /// N:M mask of one row's entries (keys from `keys`, `buf` its scratch).
-    pub fn mark_nm_row[K: RowKeys](keys: &K, row: usize, buf: &mut [u64], n: usize, m: usize, out: &mut [bool]) {
+    pub fn mark_nm_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], n: usize, m: usize, out: &mut [bool]) {
         keys.fill(row, 0, buf);
         smallest_nm(buf, n, m, out);
     }
@@ -458,12 +462,12 @@ mod tests {
                 }
                 // The block marking of Thanos: the same entries as `contains`.
                 let sel = smallest(64, 32, 700, &abs);
-                let mut buf = vec![0u64; 32];
+                let mut buf = vec![0u32; 32];
                 for row in 0..64 {
                     let mut out = vec![false; 16];
                     let count = mark_row(&sel, &abs, row, &mut buf[..16], &mut out);
                     abs.fill(row, 0, &mut buf);
-                    let want: Vec<bool> = (0..16).map(|j| sel.contains(buf[j], row, j)).collect();
+                    let want: Vec<bool> = (0..16).map(|j| sel.contains(buf[j].into(), row, j)).collect();
                     assert_eq!((out, count), (want.clone(), want.iter().filter(|&&x| x).count()), "{level:?}");
                 }
                 // N:M by rank through the dispatched row marker.
@@ -509,6 +513,15 @@ mod tests {
                 .collect();
             assert_eq!(got, brute(&keys, r), "r = {r}");
         }
+    }
+
+    #[test]
+    fn narrow_keys_widen_to_the_keys() {
+        for x in [0.0f32, -0.0, 1e-40, 0.5, 3.0e38] {
+            assert_eq!(x.narrow_key().widen(), x.key());
+            assert_eq!((x as f64).narrow_key().widen(), (x as f64).key());
+        }
+        assert_eq!(u32::narrow(u64::MAX), u32::MAX);
     }
 
     #[test]

@@ -68,7 +68,10 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
         made += mask
             .par_chunks_mut(b)
             .enumerate()
-            .map_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]))
+            .map_init(
+                || vec![T::Key::default(); i2 - i1],
+                |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]),
+            )
             .sum::<usize>();
         block_update(w, &mask, layer, i1, i2, &mut buffers)?;
     }
@@ -91,10 +94,10 @@ fn nm<T: Real>(
         let i2 = (i1 + bs).min(b);
         let wr: &[T] = w;
         let keys = ScaledAbs { w: wr, b, from: i1, to: i2, scale: layer.hsqrt };
-        mask.par_chunks_mut(b)
-            .enumerate()
-            .filter(|(k, _)| !outliers[*k])
-            .for_each_init(|| vec![0u64; i2 - i1], |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]));
+        mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each_init(
+            || vec![T::Key::default(); i2 - i1],
+            |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]),
+        );
         block_update(w, &mask, layer, i1, i2, &mut buffers)?;
     }
     Ok(mask)
