@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::config::{ceil_count, target_zeros, Pattern, PruneConfig};
-use crate::mask::{column_scores, smallest, smallest_columns, smallest_nm, ScaledAbs};
+use crate::mask::{column_scores, mark_row, smallest, smallest_columns, smallest_nm, ScaledAbs};
 use crate::scalar::Real;
 use crate::thanos::zero_masked;
 
@@ -13,11 +13,14 @@ pub fn magnitude<T: Real>(w: &mut [T], c: usize, b: usize, cfg: &PruneConfig) ->
     match cfg.pattern {
         Pattern::Unstructured => {
             let ones = vec![T::from_f64(1.0); b];
-            let sel =
-                smallest(c, b, target_zeros(cfg.sparsity, c, b), &ScaledAbs { w: wr, b, from: 0, to: b, scale: &ones });
-            mask.par_chunks_mut(b).zip(wr.par_chunks(b)).enumerate().for_each(|(k, (row, wrow))| {
-                row.iter_mut().zip(wrow).enumerate().for_each(|(j, (x, v))| *x = sel.contains(v.abs().key(), k, j));
-            });
+            let keys = ScaledAbs { w: wr, b, from: 0, to: b, scale: &ones };
+            let sel = smallest(c, b, target_zeros(cfg.sparsity, c, b), &keys);
+            mask.par_chunks_mut(b).enumerate().for_each_init(
+                || vec![T::Key::default(); b],
+                |buf, (k, row)| {
+                    mark_row(&sel, &keys, k, buf, row);
+                },
+            );
         }
         Pattern::NM { n, m } => {
             mask.par_chunks_mut(b).zip(wr.par_chunks(b)).for_each(|(row, wrow)| {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::config::{ceil_count, cumulative_share, Pattern, PruneConfig};
 use crate::error::Result;
-use crate::mask::{smallest, smallest_columns, smallest_nm};
+use crate::mask::{mark_row, smallest, smallest_columns, smallest_nm};
 use crate::scalar::Real;
 use crate::thanos::{remove_columns, Layer};
 
@@ -51,14 +51,15 @@ fn block_mask<T: Real>(w: &[T], mask: &mut [bool], layer: &Layer<'_, T>, p: f64,
         let (x, d) = (w[k * b + i1 + j], f.diag(i1 + j));
         (x * x / (d * d)).key()
     };
-    let sel = smallest(c, i2 - i1, r, &|k: usize, from: usize, buf: &mut [u64]| {
-        buf.iter_mut().enumerate().for_each(|(j, o)| *o = key(k, from + j))
-    });
-    mask.par_chunks_mut(b).enumerate().for_each(|(k, row)| {
-        for j in 0..i2 - i1 {
-            row[i1 + j] = sel.contains(key(k, j), k, j);
-        }
-    });
+    let keys =
+        |k: usize, from: usize, buf: &mut [u64]| buf.iter_mut().enumerate().for_each(|(j, o)| *o = key(k, from + j));
+    let sel = smallest(c, i2 - i1, r, &keys);
+    mask.par_chunks_mut(b).enumerate().for_each_init(
+        || vec![0u64; i2 - i1],
+        |buf, (k, row)| {
+            mark_row(&sel, &keys, k, buf, &mut row[i1..i2]);
+        },
+    );
 }
 
 /// The in-block OBS loop of every row; returns the scaled errors (c x bw).
