@@ -12,6 +12,7 @@ mod loss;
 mod magnitude;
 mod mask;
 mod scalar;
+mod scan;
 mod simd;
 mod solve;
 mod sparsegpt;

@@ -5,11 +5,13 @@
 //! (score, column), outlier rows by (-h_k, row), columns by (score, column).
 //! Scores are non-negative, so their IEEE bit patterns ([`Real::key`]) order
 //! like the values; the global selection counts and filters those keys in
-//! two streaming passes, linear in the number of entries (no sort).
+//! streaming passes, linear in the number of entries (no sort): usually one
+//! ([`crate::scan`]), at most three.
 
 use rayon::prelude::*;
 
 use crate::scalar::{Key, Real};
+use crate::scan::{tally_rows, Tally, Window};
 use crate::simd::multiversion;
 
 /// Keys computed and compared at a time in the streaming passes.
@@ -87,6 +89,11 @@ pub trait RowKeys: Sync {
     /// Writes the keys of `row`, columns `from..from + out.len()` of the
     /// region, into `out`.
     fn fill(&self, row: usize, from: usize, out: &mut [Self::Key]);
+    /// The row's values and column scales when the keys are `|w| * scale`
+    /// of f32 data: the AVX-512 pass then computes them in registers.
+    fn scaled_f32(&self, _row: usize) -> Option<(&[f32], &[f32])> {
+        None
+    }
 }
 
 impl<F: Fn(usize, usize, &mut [u64]) + Sync> RowKeys for F {
@@ -117,54 +124,94 @@ impl<T: Real> RowKeys for ScaledAbs<'_, T> {
             *o = (x.abs() * s).narrow_key();
         }
     }
+
+    fn scaled_f32(&self, row: usize) -> Option<(&[f32], &[f32])> {
+        let w = T::as_f32(&self.w[row * self.b + self.from..row * self.b + self.to])?;
+        Some((w, T::as_f32(&self.scale[self.from..self.to])?))
+    }
 }
 
 /// Selects the `r` smallest keys over a c x width region.
 ///
-/// Two streaming passes, both branch-free compares: the first counts the
-/// keys below a few pivots (placed around the target rank by a small
-/// sample), the second collects the keys of the one pivot interval that
-/// holds rank r, and a selection among those gives the exact threshold.
-/// The sample only decides how many candidates there are, never the result.
+/// A sample places a [`Window`] around the target rank and one streaming
+/// pass tallies it; [`settle`] finishes. The sample decides the cost, never
+/// the result.
 pub fn smallest<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K) -> Smallest {
+    if let Some(done) = trivial(c, width, r) {
+        return done;
+    }
+    let window = Window::around(sample(c, width, keys), r as f64 / (c * width) as f64);
+    let tally = (0..c.div_ceil(TALLY_ROWS))
+        .into_par_iter()
+        .map(|task| tally_rows(keys, task * TALLY_ROWS..((task + 1) * TALLY_ROWS).min(c), width, window))
+        .reduce(Tally::default, Tally::merge);
+    settle(c, width, r, keys, tally)
+}
+
+/// Rows per task of a parallel tally.
+pub const TALLY_ROWS: usize = 32;
+
+/// The selection of the r smallest keys, given a first pass's tally of some
+/// window over the whole region: from the tally when rank r lies inside
+/// the window, else by two more passes that place their own pivots.
+pub fn settle<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K, tally: Tally<K::Key>) -> Smallest {
+    if let Some(done) = trivial(c, width, r) {
+        return done;
+    }
+    let below = tally.below as usize;
+    if below < r && r <= below + tally.inside.len() {
+        return exact(c, width, r, keys, tally.inside, below);
+    }
+    let pivots = pivots(c, width, r as f64 / (c * width) as f64, keys);
+    let counts = count_below(c, width, &pivots, keys);
+    // The first pivot with at least r keys below it bounds the interval.
+    let m = counts.iter().position(|&x| x as usize >= r).unwrap_or(pivots.len());
+    let (lo, below_lo) = if m == 0 { (K::Key::default(), 0) } else { (pivots[m - 1], counts[m - 1] as usize) };
+    let hi = pivots.get(m).copied().unwrap_or(K::Key::narrow(u64::MAX));
+    exact(c, width, r, keys, in_range(c, width, lo, hi, keys), below_lo)
+}
+
+/// Nothing or everything selected.
+fn trivial(c: usize, width: usize, r: usize) -> Option<Smallest> {
     let n = c * width;
     if r == 0 || n == 0 {
-        return Smallest { threshold: 0, cutoff: None, empty: true };
+        return Some(Smallest { threshold: 0, cutoff: None, empty: true });
     }
-    if r >= n {
-        return Smallest { threshold: u64::MAX, cutoff: None, empty: false };
-    }
-    let pivots = pivots(c, width, r as f64 / n as f64, keys);
-    let below = count_below(c, width, &pivots, keys);
-    // The first pivot with at least r keys below it bounds the interval.
-    let m = below.iter().position(|&x| x as usize >= r).unwrap_or(pivots.len());
-    let (lo, below_lo) = if m == 0 { (K::Key::default(), 0) } else { (pivots[m - 1], below[m - 1] as usize) };
-    let hi = pivots.get(m).copied().unwrap_or(K::Key::narrow(u64::MAX));
-    let mut cands = in_range(c, width, lo, hi, keys);
-    let rank = r - below_lo; // 1-based rank inside [lo, hi)
+    (r >= n).then_some(Smallest { threshold: u64::MAX, cutoff: None, empty: false })
+}
+
+/// The selection from the candidates `cands` (all keys of some interval),
+/// `below` keys lying below that interval, and r - below <= cands.len().
+fn exact<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K, mut cands: Vec<K::Key>, below: usize) -> Smallest {
+    let rank = r - below; // 1-based rank among the candidates
     let (_, &mut threshold, _) = cands.select_nth_unstable(rank - 1);
-    let less = below_lo + cands.iter().filter(|&&k| k < threshold).count();
+    let less = below + cands.iter().filter(|&&k| k < threshold).count();
     let equal = cands.iter().filter(|&&k| k == threshold).count();
     let need = r - less;
     let cutoff = (need < equal).then(|| nth_equal(c, width, threshold, need, keys));
     Smallest { threshold: threshold.widen(), cutoff, empty: false }
 }
 
-/// Increasing pivots around quantile `q`, read off a strided sample of rows
-/// and columns (deterministic, so results and timings repeat).
-fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<K::Key> {
+/// Where a sample of a c x width region lies: every `rstep`-th row from
+/// rstep / 2, and in each of those every `cstep`-th column from an offset
+/// that moves on by one per sampled row, so every column is sampled (column
+/// scales dominate the scores). Deterministic, so results and timings repeat.
+fn sample<K: RowKeys>(c: usize, width: usize, keys: &K) -> Vec<K::Key> {
     let (rstep, cstep) = ((c / SAMPLE_ROWS).max(1), (width / SAMPLE_PER_ROW).max(1));
-    let mut sample: Vec<K::Key> = (rstep / 2..c)
+    (rstep / 2..c)
         .into_par_iter()
         .step_by(rstep)
         .flat_map_iter(|row| {
             let mut buf = vec![K::Key::default(); width];
             keys.fill(row, 0, &mut buf);
-            // Successive sampled rows start at successive offsets, so every
-            // column is sampled (column scales dominate the scores).
             buf.into_iter().skip(row / rstep % cstep).step_by(cstep)
         })
-        .collect();
+        .collect()
+}
+
+/// Increasing pivots around quantile `q` of the sample.
+fn pivots<K: RowKeys>(c: usize, width: usize, q: f64, keys: &K) -> Vec<K::Key> {
+    let mut sample = sample(c, width, keys);
     sample.sort_unstable();
     let at = |p: f64| sample[((p.clamp(0.0, 1.0) * sample.len() as f64) as usize).min(sample.len() - 1)];
     let mut out: Vec<K::Key> = PIVOT_OFFSETS
@@ -433,7 +480,56 @@ mod tests {
         let sel = smallest(c, width, r, &|i: usize, from: usize, buf: &mut [u64]| {
             buf.copy_from_slice(&keys[i][from..from + buf.len()])
         });
+        members(&sel, keys)
+    }
+
+    fn members(sel: &Smallest, keys: &[Vec<u64>]) -> Vec<(usize, usize)> {
+        let (c, width) = (keys.len(), keys[0].len());
         (0..c).flat_map(|i| (0..width).map(move |j| (i, j))).filter(|&(i, j)| sel.contains(keys[i][j], i, j)).collect()
+    }
+
+    #[test]
+    fn settle_is_exact_for_any_window() {
+        // Scores |w| * scale of f32 data (the AVX-512 pass where there is
+        // one) with zeros, -0.0, ties and a width that is no multiple of 16.
+        let (c, width) = (40, 77);
+        let w: Vec<f32> = random_keys(1, c * width, 9, 31)[0]
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| if i % 13 == 0 { -0.0 } else { k as f32 - 4.0 })
+            .collect();
+        let scale: Vec<f32> = (0..width).map(|j| 0.5 + (j % 5) as f32).collect();
+        let abs = ScaledAbs { w: &w, b: width, from: 0, to: width, scale: &scale };
+        let keys: Vec<Vec<u64>> = (0..c)
+            .map(|i| {
+                let mut buf = vec![0u32; width];
+                abs.fill(i, 0, &mut buf);
+                buf.into_iter().map(u64::from).collect()
+            })
+            .collect();
+        let mut sorted: Vec<u32> = keys.concat().into_iter().map(|k| k as u32).collect();
+        sorted.sort_unstable();
+        let n = c * width;
+        let windows =
+            [(0, 0), (0, 1), (0, u32::MAX), (sorted[n / 3], sorted[n / 2]), (sorted[n / 2], sorted[n / 2] + 1)];
+        for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+            with_cap(level, || {
+                for r in [1, n / 3, n / 2, n / 2 + 7, n - 1] {
+                    for (lo, hi) in windows {
+                        let tally = tally_rows(&abs, 0..c, width, Window { lo, hi });
+                        let got = members(&settle(c, width, r, &abs, tally), &keys);
+                        assert_eq!(got, brute(&keys, r), "{level:?}, r = {r}, window {lo}..{hi}");
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn a_window_holds_the_sampled_ties() {
+        let window = Window::around(vec![7u32; 100], 0.5);
+        assert_eq!(window, Window { lo: 7, hi: 8 });
+        assert_eq!(Window::around(vec![1u64, 2, 3], 0.001), Window { lo: 0, hi: 2 });
     }
 
     #[test]

@@ -10,6 +10,10 @@ pub trait Key: Copy + Ord + Send + Sync + Default + 'static {
     /// `x` narrowed, saturating: keys of finite scores never reach the top,
     /// so a saturated bound still compares the same with every key.
     fn narrow(x: u64) -> Self;
+    /// The keys as u32 if that is their type (the AVX-512 selection scan
+    /// handles only those).
+    fn as_u32(keys: &[Self]) -> Option<&[u32]>;
+    fn as_u32_vec(keys: &mut Vec<Self>) -> Option<&mut Vec<u32>>;
 }
 
 impl Key for u32 {
@@ -21,6 +25,12 @@ impl Key for u32 {
     fn narrow(x: u64) -> Self {
         x.min(u32::MAX as u64) as u32
     }
+    fn as_u32(keys: &[Self]) -> Option<&[u32]> {
+        Some(keys)
+    }
+    fn as_u32_vec(keys: &mut Vec<Self>) -> Option<&mut Vec<u32>> {
+        Some(keys)
+    }
 }
 
 impl Key for u64 {
@@ -31,6 +41,12 @@ impl Key for u64 {
     #[inline(always)]
     fn narrow(x: u64) -> Self {
         x
+    }
+    fn as_u32(_: &[Self]) -> Option<&[u32]> {
+        None
+    }
+    fn as_u32_vec(_: &mut Vec<Self>) -> Option<&mut Vec<u32>> {
+        None
     }
 }
 
@@ -51,6 +67,8 @@ pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
     /// `c - a * b`, fused (one rounding) when `FUSED`; only pass true where
     /// the CPU's FMA feature is enabled, or it becomes a slow libm call.
     fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self;
+    /// `xs` as f32 if that is the type (for kernels written for f32 only).
+    fn as_f32(xs: &[Self]) -> Option<&[f32]>;
 }
 
 impl Real for f32 {
@@ -91,6 +109,9 @@ impl Real for f32 {
             c - a * b
         }
     }
+    fn as_f32(xs: &[Self]) -> Option<&[f32]> {
+        Some(xs)
+    }
 }
 
 impl Real for f64 {
@@ -130,5 +151,8 @@ impl Real for f64 {
         } else {
             c - a * b
         }
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }

@@ -47,6 +47,9 @@ fn detect() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
+        if !has!("popcnt") {
+            return Level::Baseline;
+        }
         if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
             return Level::Avx512;
         }
@@ -78,13 +81,13 @@ macro_rules! multiversion {
             fn body<$($gen)*>($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
             unsafe fn avx512<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
 
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
+            #[target_feature(enable = "avx2,fma,popcnt")]
             unsafe fn avx2<$($gen)*>($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }

@@ -103,7 +103,7 @@ pub fn solve_lanes<T: Real>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,avx2,fma,popcnt")]
 unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
     g: &[T],
     n: usize,
@@ -115,7 +115,7 @@ unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn solve_lanes_avx2<T: Real, const TS: usize>(
     g: &[T],
     n: usize,

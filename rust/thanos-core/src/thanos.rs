@@ -16,8 +16,9 @@ use rayon::prelude::*;
 use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
 use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
-use crate::mask::{column_scores, mark_nm_row, mark_row, smallest, smallest_columns, ScaledAbs};
+use crate::mask::{column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, TALLY_ROWS};
 use crate::scalar::Real;
+use crate::scan::{tally_rows, Tally, Window};
 use crate::simd::multiversion;
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
@@ -58,13 +59,13 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
     let mut mask = vec![false; c * b];
     let mut made = 0;
     let mut buffers = BlockBuffers::default();
+    // Global residual selection over every remaining column; each block
+    // keeps its own columns of it. The first is a pass of its own, the
+    // others ride on the previous block's update.
+    let mut sel = smallest(c, b, target, &remaining(w, layer.hsqrt, 0));
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
-        // Global residual selection over every remaining column, kept to this block.
-        let wr: &[T] = w;
-        let keys = ScaledAbs { w: wr, b, from: i1, to: b, scale: layer.hsqrt };
-        let sel = smallest(c, b - i1, target - made, &keys);
-        let block = ScaledAbs { to: i2, ..keys };
+        let block = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
         made += mask
             .par_chunks_mut(b)
             .enumerate()
@@ -73,7 +74,10 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
                 |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]),
             )
             .sum::<usize>();
-        block_update(w, &mask, layer, i1, i2, &mut buffers)?;
+        let next = (i2 < b).then_some(Next { from: i2, zeros: target - made });
+        if let Some(tally) = block_update(w, &mask, layer, i1, i2, &mut buffers, next)? {
+            sel = settle(c, b - i2, target - made, &remaining(w, layer.hsqrt, i2), tally);
+        }
     }
     Ok(mask)
 }
@@ -98,7 +102,7 @@ fn nm<T: Real>(
             || vec![T::Key::default(); i2 - i1],
             |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]),
         );
-        block_update(w, &mask, layer, i1, i2, &mut buffers)?;
+        block_update(w, &mask, layer, i1, i2, &mut buffers, None)?;
     }
     Ok(mask)
 }
@@ -132,7 +136,24 @@ fn reuse<T: Copy>(buf: &mut Vec<T>, n: usize, value: T) {
     buf.resize(n, value);
 }
 
-/// Applies the optimal update of every row for its mask in [i1, i2).
+/// Scores of W[:, from..] (`scale` = sqrt(diag H), one per column).
+fn remaining<'a, T: Real>(w: &'a [T], scale: &'a [T], from: usize) -> ScaledAbs<'a, T> {
+    ScaledAbs { w, b: scale.len(), from, to: scale.len(), scale }
+}
+
+/// The selection the next block needs: `zeros` more over columns [from, b).
+#[derive(Clone, Copy)]
+struct Next {
+    from: usize,
+    zeros: usize,
+}
+
+/// Rows per task of the block update (and of the tally riding on it).
+const PANEL_ROWS: usize = TALLY_ROWS * 2;
+
+/// Applies the optimal update of every row for its mask in [i1, i2). With
+/// `next`, each panel of rows is tallied for the next selection right after
+/// its update, while it is in cache (a separate pass would read W again).
 fn block_update<T: Real>(
     w: &mut [T],
     mask: &[bool],
@@ -140,8 +161,9 @@ fn block_update<T: Real>(
     i1: usize,
     i2: usize,
     buffers: &mut BlockBuffers<T>,
-) -> Result<()> {
-    let (c, b) = (layer.c, layer.b);
+    next: Option<Next>,
+) -> Result<Option<Tally<T::Key>>> {
+    let b = layer.b;
     let (bw, rest) = (i2 - i1, b - i1);
     let u = layer.factor.view();
     let BlockBuffers { r, l, sets } = buffers;
@@ -156,18 +178,60 @@ fn block_update<T: Real>(
         layer.par,
     );
     solve_rows(w, mask, r, layer, i1..i2, sets, l)?;
-    let full = MatMut::from_row_major_slice_mut(w, c, b);
+    let window = next.map(|n| (n.from, predicted_window(w, l, r, layer, i1..i2, n)));
+    let (l, r) = (&l[..], &r[..]);
+    let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
+        let rows = wp.len() / b;
+        matmul(
+            MatMut::from_row_major_slice_mut(wp, rows, b).submatrix_mut(0, i1, rows, rest),
+            Accum::Add,
+            MatRef::from_row_major_slice(lp, rows, bw),
+            MatRef::from_row_major_slice(r, bw, rest),
+            T::from_f64(-1.0),
+            Par::Seq,
+        );
+        wp.chunks_mut(b).zip(mp.chunks(b)).for_each(|(row, m)| zero_row(&mut row[i1..i2], &m[i1..i2]));
+        window.map(|(from, win)| tally_rows(&remaining(wp, layer.hsqrt, from), 0..rows, b - from, win))
+    };
+    Ok(w.par_chunks_mut(PANEL_ROWS * b)
+        .zip(l.par_chunks(PANEL_ROWS * bw))
+        .zip(mask.par_chunks(PANEL_ROWS * b))
+        .map(|(wl, mp)| panel(wl, mp))
+        .reduce(|| window.map(|_| Tally::default()), |x, y| x.zip(y).map(|(x, y)| x.merge(y))))
+}
+
+/// The window for the next selection, from an exact sample of the updated
+/// W: a few rows' values after this block's update (a small product), not
+/// a pass over the whole region.
+fn predicted_window<T: Real>(
+    w: &[T],
+    l: &[T],
+    r: &[T],
+    layer: &Layer<'_, T>,
+    block: Range<usize>,
+    next: Next,
+) -> Window<T::Key> {
+    let (c, b, i1) = (layer.c, layer.b, block.start);
+    let (bw, rest, width) = (block.len(), b - i1, b - next.from);
+    let step = (c / PREDICT_ROWS).max(1);
+    let rows: Vec<usize> = (step / 2..c).step_by(step).collect();
+    let mut v = faer::Mat::<T>::from_fn(rows.len(), width, |i, j| w[rows[i] * b + next.from + j]);
     matmul(
-        full.submatrix_mut(0, i1, c, rest),
+        v.as_mut(),
         Accum::Add,
-        MatRef::from_row_major_slice(l, c, bw),
-        MatRef::from_row_major_slice(r, bw, rest),
+        faer::Mat::<T>::from_fn(rows.len(), bw, |i, t| l[rows[i] * bw + t]).as_ref(),
+        MatRef::from_row_major_slice(r, bw, rest).subcols(next.from - i1, width),
         T::from_f64(-1.0),
         layer.par,
     );
-    zero_masked(w, mask, b, i1, i2);
-    Ok(())
+    let scale = &layer.hsqrt[next.from..];
+    let sample = (0..rows.len()).flat_map(|i| (0..width).map(move |j| (i, j)));
+    let sample = sample.map(|(i, j)| (v[(i, j)].abs() * scale[j]).narrow_key()).collect();
+    Window::around(sample, next.zeros as f64 / (c * width) as f64)
 }
+
+/// Rows of W whose updated values place the next window.
+const PREDICT_ROWS: usize = 32;
 
 /// Fills `l` (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k,
 /// zero elsewhere.

@@ -1,0 +1,154 @@
+//! The first pass of a global selection: one streaming read that counts the
+//! keys below a window [lo, hi) and collects the keys inside it.
+//!
+//! The window is read off a sample, around the target rank. When rank r
+//! falls inside it (the usual case), the pass and a selection among the
+//! collected keys give the exact threshold; otherwise the caller falls back
+//! to passes that do not depend on the sample. A window never changes a
+//! result, only the cost. Thanos runs this pass on each panel of rows right
+//! after that panel's update, while the rows are still in cache.
+
+use std::ops::Range;
+
+use crate::mask::RowKeys;
+use crate::scalar::Key;
+use crate::simd::multiversion;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{level, Level};
+
+/// Keys computed and compared at a time by the generic pass.
+const CHUNK: usize = 64;
+/// Half-width of the window, in rank fraction: about three standard errors
+/// of a quantile read off the samples used here.
+const HALF_WIDTH: f64 = 0.012;
+
+/// Keys in [lo, hi) are collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window<K> {
+    pub lo: K,
+    pub hi: K,
+}
+
+impl<K: Key> Window<K> {
+    /// The window around quantile `q` of `sample` (non-empty). It includes
+    /// both bounding sample keys, so ties at a sampled key are inside.
+    pub fn around(mut sample: Vec<K>, q: f64) -> Self {
+        sample.sort_unstable();
+        let at = |p: f64| sample[((p.clamp(0.0, 1.0) * sample.len() as f64) as usize).min(sample.len() - 1)];
+        let lo = if q - HALF_WIDTH <= 0.0 { K::default() } else { at(q - HALF_WIDTH) };
+        let hi = if q + HALF_WIDTH >= 1.0 { K::narrow(u64::MAX) } else { K::narrow(at(q + HALF_WIDTH).widen() + 1) };
+        Window { lo, hi }
+    }
+}
+
+/// What a pass over some rows found: how many keys lie below the window,
+/// and the keys inside it.
+#[derive(Debug)]
+pub struct Tally<K> {
+    pub below: u64,
+    pub inside: Vec<K>,
+}
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally { below: 0, inside: Vec::new() }
+    }
+}
+
+impl<K> Tally<K> {
+    pub fn merge(mut self, other: Tally<K>) -> Self {
+        self.below += other.below;
+        self.inside.extend(other.inside);
+        self
+    }
+}
+
+/// The pass over `rows` of `keys`, sequentially (callers split the rows
+/// among threads).
+pub fn tally_rows<K: RowKeys>(keys: &K, rows: Range<usize>, width: usize, window: Window<K::Key>) -> Tally<K::Key> {
+    let mut tally = Tally::default();
+    let mut buf = Vec::new();
+    for row in rows {
+        #[cfg(target_arch = "x86_64")]
+        if level() == Level::Avx512 {
+            if let (Some((w, scale)), Some(&[lo, hi]), Some(inside)) =
+                (keys.scaled_f32(row), K::Key::as_u32(&[window.lo, window.hi]), K::Key::as_u32_vec(&mut tally.inside))
+            {
+                // SAFETY: level() only reports features detected on this CPU.
+                tally.below += unsafe { avx512::tally_scaled_f32(w, scale, lo, hi, inside) };
+                continue;
+            }
+        }
+        buf.resize(width, K::Key::default());
+        tally.below += tally_row(keys, row, &mut buf, window, &mut tally.inside);
+    }
+    tally
+}
+
+multiversion! {
+    /// One row of [`tally_rows`] (`buf` its scratch row); returns the count below.
+    fn tally_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], window: Window<K::Key>, inside: &mut Vec<K::Key>) -> u64 {
+        let Window { lo, hi } = window;
+        let mut below = 0u64;
+        for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
+            keys.fill(row, at, chunk);
+            let mut n = 0u32;
+            for &k in chunk.iter() {
+                n += u32::from(k < lo);
+            }
+            below += u64::from(n);
+            // Candidates are few: test 16 keys at once (vectorised), copy
+            // only from the groups that hold one.
+            for group in chunk.chunks(16) {
+                let mut any = false;
+                for &k in group {
+                    any |= k >= lo && k < hi;
+                }
+                if any {
+                    inside.extend(group.iter().filter(|&&k| k >= lo && k < hi));
+                }
+            }
+        }
+        below
+    }
+}
+
+/// The hot case by hand, f32 scores `|w| * scale`: keys computed in
+/// registers, two compares per 16 keys, candidates compressed out of the
+/// register and stored without a branch (a third of the groups hold one, so
+/// a branch mispredicts).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::tally_row`] for keys `(|w_j| * scale_j).to_bits()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
+    pub(super) unsafe fn tally_scaled_f32(w: &[f32], scale: &[f32], lo: u32, hi: u32, inside: &mut Vec<u32>) -> u64 {
+        let n = w.len().min(scale.len());
+        let (lo, hi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
+        // Clearing the sign bit maps -0.0 to +0.0, as Real::narrow_key does.
+        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        let mut below = _mm512_setzero_si512();
+        // Room for every key of the row plus one full store; the length
+        // stays in a register (through the Vec it would round-trip memory).
+        inside.reserve(n + 16);
+        let (base, mut len) = (inside.as_mut_ptr(), inside.len());
+        for j in (0..n).step_by(16) {
+            let live: __mmask16 = if n - j >= 16 { !0 } else { (1 << (n - j)) - 1 };
+            // SAFETY: the mask keeps the loads inside w[..n] and scale[..n].
+            let x = _mm512_maskz_loadu_ps(live, w.as_ptr().add(j));
+            let s = _mm512_maskz_loadu_ps(live, scale.as_ptr().add(j));
+            let k = _mm512_and_si512(_mm512_castps_si512(_mm512_mul_ps(x, s)), magnitude);
+            let at_least_lo = _mm512_mask_cmpge_epu32_mask(live, k, lo);
+            below = _mm512_mask_sub_epi32(below, live & !at_least_lo, below, _mm512_set1_epi32(-1));
+            let hit = _mm512_mask_cmplt_epu32_mask(at_least_lo, k, hi);
+            // SAFETY: n + 16 slots were reserved and len grows by at most
+            // 16 per step, so the store stays inside the allocation.
+            _mm512_storeu_si512(base.add(len).cast(), _mm512_maskz_compress_epi32(hit, k));
+            len += hit.count_ones() as usize;
+        }
+        // SAFETY: the first len slots were written (above or before).
+        inside.set_len(len);
+        _mm512_reduce_add_epi32(below) as u32 as u64
+    }
+}
