@@ -274,11 +274,12 @@ fn cholesky<T: Real, const FUSED: bool, const AVX512: bool, const TS: usize>(
             } else {
                 acc = finish_tile::<T, FUSED, TS>(acc, j0, a, ld, dinv);
             }
-            for (r, row) in acc.iter().enumerate().take(rn) {
-                let width = if diagonal { r + 1 } else { TS };
-                for (c, v) in row.iter().enumerate().take(width) {
-                    // SAFETY: i0 + r < s and j0 + c <= i0 + r.
-                    unsafe { *a.add((i0 + r) * ld + j0 + c) = *v };
+            for (r, row) in acc.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    if r < rn && (!diagonal || c <= r) {
+                        // SAFETY: i0 + r < s and j0 + c <= i0 + r.
+                        unsafe { *a.add((i0 + r) * ld + j0 + c) = *v };
+                    }
                 }
             }
         }
@@ -342,6 +343,7 @@ fn inner_products<T: Real, const FUSED: bool, const TS: usize>(
 
 /// A tile left of the diagonal: column c is divided by L_jj, then removed
 /// from the later columns of the tile (their rows of L are final already).
+/// Every loop has constant bounds, so the tile stays in registers.
 #[inline(always)]
 fn finish_tile<T: Real, const FUSED: bool, const TS: usize>(
     mut acc: [[Lanes<T>; TS]; TS],
@@ -357,11 +359,13 @@ fn finish_tile<T: Real, const FUSED: bool, const TS: usize>(
                 row[c][l] *= d[l];
             }
         }
-        for c2 in c + 1..TS {
-            // SAFETY: row j0 + c2 < i0 <= s is finished; column j0 + c < it.
-            let lj = unsafe { *a.add((j0 + c2) * ld + j0 + c) };
-            for row in acc.iter_mut() {
-                row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+        for c2 in 0..TS {
+            if c2 > c {
+                // SAFETY: row j0 + c2 < i0 <= s is finished; column j0 + c < it.
+                let lj = unsafe { *a.add((j0 + c2) * ld + j0 + c) };
+                for row in acc.iter_mut() {
+                    row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+                }
             }
         }
     }
@@ -369,7 +373,9 @@ fn finish_tile<T: Real, const FUSED: bool, const TS: usize>(
 }
 
 /// The tile on the diagonal (rows and columns i0..i0+rn): a small
-/// right-looking Cholesky in registers. Padding lanes get a unit pivot.
+/// right-looking Cholesky in registers (constant loop bounds; columns past
+/// rn are computed on unit pivots and never stored). Padding lanes get a
+/// unit pivot.
 #[inline(always)]
 fn finish_diagonal<T: Real, const FUSED: bool, const TS: usize>(
     mut acc: [[Lanes<T>; TS]; TS],
@@ -380,34 +386,44 @@ fn finish_diagonal<T: Real, const FUSED: bool, const TS: usize>(
 ) -> ([[Lanes<T>; TS]; TS], u32) {
     let (zero, one, inf) = (T::from_f64(0.0), T::from_f64(1.0), T::from_f64(f64::INFINITY));
     let mut failed = 0u32;
-    for c in 0..rn {
-        let j = i0 + c;
+    for c in 0..TS {
+        let live = c < rn;
+        let j = i0 + c.min(rn - 1);
         // Branch-free so it stays one vector sqrt and divide.
         let mut bad = [0u32; LANES];
         let mut pivot = [zero; LANES];
         for l in 0..LANES {
             let d = acc[c][c][l] + unit[j][l];
             let good = d > zero && d < inf;
-            bad[l] = u32::from(!good);
-            pivot[l] = if good { d } else { one };
+            bad[l] = u32::from(!good && live);
+            pivot[l] = if good && live { d } else { one };
         }
+        let mut d = [zero; LANES];
         for l in 0..LANES {
             acc[c][c][l] = pivot[l].sqrt();
-            dinv[j][l] = one / acc[c][c][l];
+            d[l] = one / acc[c][c][l];
+        }
+        if live {
+            dinv[j] = d;
         }
         for (l, &x) in bad.iter().enumerate() {
             failed |= x << l;
         }
-        let d = dinv[j];
-        for row in acc.iter_mut().skip(c + 1) {
-            for l in 0..LANES {
-                row[c][l] *= d[l];
+        for (r, row) in acc.iter_mut().enumerate() {
+            if r > c {
+                for l in 0..LANES {
+                    row[c][l] *= d[l];
+                }
             }
         }
-        for c2 in c + 1..TS {
-            let lj = acc[c2][c];
-            for row in acc.iter_mut().skip(c2) {
-                row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+        for c2 in 0..TS {
+            if c2 > c {
+                let lj = acc[c2][c];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    if r >= c2 {
+                        row[c2] = fms::<T, FUSED>(row[c2], &row[c], &lj);
+                    }
+                }
             }
         }
     }
