@@ -112,22 +112,31 @@ fn nm<T: Real>(
 struct BlockBuffers<T> {
     /// R = U_blk^T U[i1:i2, i1:].
     r: Vec<T>,
-    /// The rows' lambdas, c x bw.
-    l: Vec<T>,
-    sets: RowSets,
+    rows: RowSolves<T>,
 }
 
 impl<T> Default for BlockBuffers<T> {
     fn default() -> Self {
-        BlockBuffers { r: Vec::new(), l: Vec::new(), sets: RowSets::default() }
+        BlockBuffers { r: Vec::new(), rows: RowSolves::default() }
     }
 }
 
-/// Q_k of every row, flat (row k at k * bw), and |Q_k|.
-#[derive(Default)]
-struct RowSets {
-    flat: Vec<usize>,
+/// The rows' small systems of one block.
+struct RowSolves<T> {
+    /// Q_k of every row, flat (row k at k * bw), and |Q_k|.
+    sets: Vec<usize>,
     len: Vec<usize>,
+    /// Every lambda_k, packed, and where row k's starts.
+    lambdas: Vec<T>,
+    at: Vec<usize>,
+    /// The lambdas scattered: row k holds lambda_k at Q_k (c x bw).
+    l: Vec<T>,
+}
+
+impl<T> Default for RowSolves<T> {
+    fn default() -> Self {
+        RowSolves { sets: Vec::new(), len: Vec::new(), lambdas: Vec::new(), at: Vec::new(), l: Vec::new() }
+    }
 }
 
 /// `buf` cleared and resized to `n` copies of `value`, keeping its pages.
@@ -166,7 +175,7 @@ fn block_update<T: Real>(
     let b = layer.b;
     let (bw, rest) = (i2 - i1, b - i1);
     let u = layer.factor.view();
-    let BlockBuffers { r, l, sets } = buffers;
+    let BlockBuffers { r, rows } = buffers;
     // R = U_blk^T U[i1:i2, i1:]  (bw x rest, row-major); G = R[:, :bw].
     reuse(r, bw * rest, T::from_f64(0.0));
     matmul(
@@ -177,7 +186,8 @@ fn block_update<T: Real>(
         T::from_f64(1.0),
         layer.par,
     );
-    solve_rows(w, mask, r, layer, i1..i2, sets, l)?;
+    solve_rows(w, mask, r, layer, i1..i2, rows)?;
+    let l = &rows.l;
     let window = next.map(|n| (n.from, predicted_window(w, l, r, layer, i1..i2, n)));
     let (l, r) = (&l[..], &r[..]);
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
@@ -233,7 +243,7 @@ fn predicted_window<T: Real>(
 /// Rows of W whose updated values place the next window.
 const PREDICT_ROWS: usize = 32;
 
-/// Fills `l` (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k,
+/// Fills `out.l` (c x bw): row k holds lambda_k = G[Q_k,Q_k]^{-1} w[Q_k] at Q_k,
 /// zero elsewhere.
 fn solve_rows<T: Real>(
     w: &[T],
@@ -241,50 +251,56 @@ fn solve_rows<T: Real>(
     r: &[T],
     layer: &Layer<'_, T>,
     block: Range<usize>,
-    sets: &mut RowSets,
-    l: &mut Vec<T>,
+    out: &mut RowSolves<T>,
 ) -> Result<()> {
+    let RowSolves { sets, len, lambdas, at, l } = out;
     let (i1, i2) = (block.start, block.end);
     let (c, b, bw, rest) = (layer.c, layer.b, i2 - i1, layer.b - i1);
-    reuse(&mut sets.flat, c * bw, 0);
-    reuse(&mut sets.len, c, 0);
-    sets.flat.par_chunks_mut(bw).zip(sets.len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
+    reuse(sets, c * bw, 0);
+    reuse(len, c, 0);
+    sets.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
         for (j, &m) in mask[k * b + i1..k * b + i2].iter().enumerate() {
             q[*n] = j;
             *n += usize::from(m);
         }
     });
-    let (qflat, len) = (&sets.flat, &sets.len);
+    let (sets, len) = (&sets[..], &len[..]);
     // Largest systems first, so the rows sharing a batch need little padding.
     let mut rows: Vec<usize> = (0..c).filter(|&k| len[k] > 0).collect();
     rows.sort_unstable_by_key(|&k| (Reverse(len[k]), k));
+    // Every lambda, in that order, in one buffer; at[k] is where row k's starts.
+    reuse(at, c, 0);
+    let mut total = 0;
+    for &k in &rows {
+        at[k] = total;
+        total += len[k];
+    }
+    reuse(lambdas, total, T::from_f64(0.0));
+    let batch_lens = rows.chunks(LANES).map(|batch| batch.iter().map(|&k| len[k]).sum());
+    let pieces = split_by(lambdas, batch_lens);
     // G = R[:, :bw] (symmetric), packed so the gathers stay in L1.
     let g = packed(r, bw, rest);
-    let q = |k: usize| &qflat[k * bw..k * bw + len[k]];
-    let solved: Vec<Vec<T>> = rows
-        .par_chunks(LANES)
-        .map_init(LaneScratch::default, |scratch, batch| {
-            let mut rhs = Vec::with_capacity(batch.len() * bw);
-            for &k in batch {
-                let wrow = &w[k * b + i1..k * b + i2];
-                rhs.extend(q(k).iter().map(|&j| wrow[j]));
-            }
-            let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
-            let mut views = split_by(&mut rhs, qs.iter().map(|x| x.len()));
-            let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
-            for (lane, &k) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
-                views[lane].copy_from_slice(&solve_in_f64(layer, i1, i2, q(k), &w[k * b + i1..])?);
-            }
-            Ok(rhs)
-        })
-        .collect::<Result<_>>()?;
-    reuse(l, c * bw, T::from_f64(0.0));
-    for (batch, lambdas) in rows.chunks(LANES).zip(&solved) {
-        let mut lambdas = lambdas.iter();
-        for &k in batch {
-            q(k).iter().zip(&mut lambdas).for_each(|(&j, &v)| l[k * bw + j] = v);
+    let q = |k: usize| &sets[k * bw..k * bw + len[k]];
+    let at = &at[..];
+    rows.par_chunks(LANES).zip(pieces).try_for_each_init(LaneScratch::default, |scratch, (batch, rhs)| {
+        let mut views = split_by(rhs, batch.iter().map(|&k| len[k]));
+        for (view, &k) in views.iter_mut().zip(batch) {
+            let wrow = &w[k * b + i1..k * b + i2];
+            view.iter_mut().zip(q(k)).for_each(|(v, &j)| *v = wrow[j]);
         }
-    }
+        let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
+        let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
+        for (lane, &k) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
+            views[lane].copy_from_slice(&solve_in_f64(layer, i1, i2, q(k), &w[k * b + i1..])?);
+        }
+        Ok(())
+    })?;
+    // Scattered into L by rows, in parallel (this also clears L).
+    l.resize(c * bw, T::from_f64(0.0));
+    l.par_chunks_mut(bw).enumerate().for_each(|(k, lrow)| {
+        lrow.fill(T::from_f64(0.0));
+        q(k).iter().zip(&lambdas[at[k]..at[k] + len[k]]).for_each(|(&j, &v)| lrow[j] = v);
+    });
     Ok(())
 }
 
