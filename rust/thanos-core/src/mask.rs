@@ -529,7 +529,7 @@ mod tests {
     fn a_window_holds_the_sampled_ties() {
         let window = Window::around(vec![7u32; 100], 0.5);
         assert_eq!(window, Window { lo: 7, hi: 8 });
-        assert_eq!(Window::around(vec![1u64, 2, 3], 0.001), Window { lo: 0, hi: 2 });
+        assert_eq!(Window::around(vec![1u64, 2, 3], 0.001), Window { lo: 0, hi: 3 });
     }
 
     #[test]
