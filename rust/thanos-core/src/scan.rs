@@ -39,7 +39,11 @@ impl<K: Key> Window<K> {
         // Two selections, not a sort: the sample is read once per block.
         let mut at = |p: f64| *sample.select_nth_unstable(((p * n as f64) as usize).min(n - 1)).1;
         let lo = if q - half_width <= 0.0 { K::default() } else { at(q - half_width) };
-        let hi = if q + half_width >= 1.0 { K::narrow(u64::MAX) } else { K::narrow(at(q + half_width).widen().saturating_add(1)) };
+        let hi = if q + half_width >= 1.0 {
+            K::narrow(u64::MAX)
+        } else {
+            K::narrow(at(q + half_width).widen().saturating_add(1))
+        };
         Window { lo, hi }
     }
 }
