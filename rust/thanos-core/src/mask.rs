@@ -141,11 +141,15 @@ pub fn smallest<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K) -> Small
         return done;
     }
     let window = Window::around(sample(c, width, keys), r as f64 / (c * width) as f64);
-    let tally = (0..c.div_ceil(TALLY_ROWS))
+    settle(c, width, r, keys, tally_all(c, width, window, keys))
+}
+
+/// [`tally_rows`] over the whole region, in parallel.
+fn tally_all<K: RowKeys>(c: usize, width: usize, window: Window<K::Key>, keys: &K) -> Tally<K::Key> {
+    (0..c.div_ceil(TALLY_ROWS))
         .into_par_iter()
         .map(|task| tally_rows(keys, task * TALLY_ROWS..((task + 1) * TALLY_ROWS).min(c), width, window))
-        .reduce(Tally::default, Tally::merge);
-    settle(c, width, r, keys, tally)
+        .reduce(Tally::default, Tally::merge)
 }
 
 /// Rows per task of a parallel tally.
@@ -168,7 +172,7 @@ pub fn settle<K: RowKeys>(c: usize, width: usize, r: usize, keys: &K, tally: Tal
     let m = counts.iter().position(|&x| x as usize >= r).unwrap_or(pivots.len());
     let (lo, below_lo) = if m == 0 { (K::Key::default(), 0) } else { (pivots[m - 1], counts[m - 1] as usize) };
     let hi = pivots.get(m).copied().unwrap_or(K::Key::narrow(u64::MAX));
-    exact(c, width, r, keys, in_range(c, width, lo, hi, keys), below_lo)
+    exact(c, width, r, keys, tally_all(c, width, Window { lo, hi }, keys).inside, below_lo)
 }
 
 /// Nothing or everything selected.
@@ -260,42 +264,6 @@ multiversion! {
                     below += (k < p) as u64;
                 }
                 *count += below;
-            }
-        }
-    }
-}
-
-/// Every key in [lo, hi).
-fn in_range<K: RowKeys>(c: usize, width: usize, lo: K::Key, hi: K::Key, keys: &K) -> Vec<K::Key> {
-    (0..c)
-        .into_par_iter()
-        .with_min_len(16)
-        .fold(
-            || (Vec::new(), vec![K::Key::default(); width]),
-            |(mut out, mut buf): (Vec<K::Key>, Vec<K::Key>), row| {
-                range_row(keys, row, &mut buf, lo, hi, &mut out);
-                (out, buf)
-            },
-        )
-        .map(|(out, _)| out)
-        .flatten_iter()
-        .collect()
-}
-
-multiversion! {
-    fn range_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], lo: K::Key, hi: K::Key, out: &mut Vec<K::Key>) {
-        for (at, chunk) in (0..buf.len()).step_by(CHUNK).zip(buf.chunks_mut(CHUNK)) {
-            keys.fill(row, at, chunk);
-            // Candidates are rare: test 16 keys at once (vectorised), copy
-            // only from the groups that hold one.
-            for group in chunk.chunks(16) {
-                let mut any = false;
-                for &k in group {
-                    any |= k >= lo && k < hi;
-                }
-                if any {
-                    out.extend(group.iter().filter(|&&k| k >= lo && k < hi));
-                }
             }
         }
     }
