@@ -74,8 +74,8 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
                 |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]),
             )
             .sum::<usize>();
-        let next = (i2 < b).then_some(Next { from: i2, zeros: target - made });
-        if let Some(tally) = block_update(w, &mask, layer, i1, i2, &mut buffers, next)? {
+        let next_zeros = (i2 < b).then_some(target - made);
+        if let Some(tally) = block_update(w, &mask, layer, i1, i2, &mut buffers, next_zeros)? {
             sel = settle(c, b - i2, target - made, &remaining(w, layer.hsqrt, i2), tally);
         }
     }
@@ -96,8 +96,7 @@ fn nm<T: Real>(
     let mut buffers = BlockBuffers::default();
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
-        let wr: &[T] = w;
-        let keys = ScaledAbs { w: wr, b, from: i1, to: i2, scale: layer.hsqrt };
+        let keys = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
         mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each_init(
             || vec![T::Key::default(); i2 - i1],
             |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]),
@@ -150,19 +149,13 @@ fn remaining<'a, T: Real>(w: &'a [T], scale: &'a [T], from: usize) -> ScaledAbs<
     ScaledAbs { w, b: scale.len(), from, to: scale.len(), scale }
 }
 
-/// The selection the next block needs: `zeros` more over columns [from, b).
-#[derive(Clone, Copy)]
-struct Next {
-    from: usize,
-    zeros: usize,
-}
-
 /// Rows per task of the block update (and of the tally riding on it).
 const PANEL_ROWS: usize = TALLY_ROWS * 2;
 
 /// Applies the optimal update of every row for its mask in [i1, i2). With
-/// `next`, each panel of rows is tallied for the next selection right after
-/// its update, while it is in cache (a separate pass would read W again).
+/// `next_zeros` (the zeros still to make over the columns [i2, b)), each
+/// panel of rows is tallied for the next selection right after its update,
+/// while it is in cache (a separate pass would read W again).
 fn block_update<T: Real>(
     w: &mut [T],
     mask: &[bool],
@@ -170,7 +163,7 @@ fn block_update<T: Real>(
     i1: usize,
     i2: usize,
     buffers: &mut BlockBuffers<T>,
-    next: Option<Next>,
+    next_zeros: Option<usize>,
 ) -> Result<Option<Tally<T::Key>>> {
     let b = layer.b;
     let (bw, rest) = (i2 - i1, b - i1);
@@ -187,9 +180,8 @@ fn block_update<T: Real>(
         layer.par,
     );
     solve_rows(w, mask, r, layer, i1..i2, rows)?;
-    let l = &rows.l;
-    let window = next.map(|n| (n.from, predicted_window(w, l, r, layer, i1..i2, n)));
-    let (l, r) = (&l[..], &r[..]);
+    let (l, r) = (&rows.l[..], &r[..]);
+    let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
         let rows = wp.len() / b;
         matmul(
@@ -201,7 +193,7 @@ fn block_update<T: Real>(
             Par::Seq,
         );
         wp.chunks_mut(b).zip(mp.chunks(b)).for_each(|(row, m)| zero_row(&mut row[i1..i2], &m[i1..i2]));
-        window.map(|(from, win)| tally_rows(&remaining(wp, layer.hsqrt, from), 0..rows, b - from, win))
+        window.map(|win| tally_rows(&remaining(wp, layer.hsqrt, i2), 0..rows, b - i2, win))
     };
     Ok(w.par_chunks_mut(PANEL_ROWS * b)
         .zip(l.par_chunks(PANEL_ROWS * bw))
@@ -210,34 +202,34 @@ fn block_update<T: Real>(
         .reduce(|| window.map(|_| Tally::default()), |x, y| x.zip(y).map(|(x, y)| x.merge(y))))
 }
 
-/// The window for the next selection, from an exact sample of the updated
-/// W: a few rows' values after this block's update (a small product), not
-/// a pass over the whole region.
+/// The window for the next selection (`zeros` over the columns after
+/// `block`), from an exact sample of the updated W: a few rows' values
+/// after this block's update (a small product), not a pass over the region.
 fn predicted_window<T: Real>(
     w: &[T],
     l: &[T],
     r: &[T],
     layer: &Layer<'_, T>,
     block: Range<usize>,
-    next: Next,
+    zeros: usize,
 ) -> Window<T::Key> {
-    let (c, b, i1) = (layer.c, layer.b, block.start);
-    let (bw, rest, width) = (block.len(), b - i1, b - next.from);
+    let (c, b, bw, from) = (layer.c, layer.b, block.len(), block.end);
+    let (rest, width) = (b - block.start, b - from);
     let step = (c / PREDICT_ROWS).max(1);
     let rows: Vec<usize> = (step / 2..c).step_by(step).collect();
-    let mut v = faer::Mat::<T>::from_fn(rows.len(), width, |i, j| w[rows[i] * b + next.from + j]);
+    let mut v = faer::Mat::<T>::from_fn(rows.len(), width, |i, j| w[rows[i] * b + from + j]);
     matmul(
         v.as_mut(),
         Accum::Add,
         faer::Mat::<T>::from_fn(rows.len(), bw, |i, t| l[rows[i] * bw + t]).as_ref(),
-        MatRef::from_row_major_slice(r, bw, rest).subcols(next.from - i1, width),
+        MatRef::from_row_major_slice(r, bw, rest).subcols(bw, width),
         T::from_f64(-1.0),
         layer.par,
     );
-    let scale = &layer.hsqrt[next.from..];
+    let scale = &layer.hsqrt[from..];
     let sample = (0..rows.len()).flat_map(|i| (0..width).map(move |j| (i, j)));
     let sample = sample.map(|(i, j)| (v[(i, j)].abs() * scale[j]).narrow_key()).collect();
-    Window::around(sample, next.zeros as f64 / (c * width) as f64)
+    Window::around(sample, zeros as f64 / (c * width) as f64)
 }
 
 /// Rows of W whose updated values place the next window.
@@ -275,7 +267,8 @@ fn solve_rows<T: Real>(
         at[k] = total;
         total += len[k];
     }
-    reuse(lambdas, total, T::from_f64(0.0));
+    // Every slot is written by its batch: resized, not cleared.
+    lambdas.resize(total, T::from_f64(0.0));
     let batch_lens = rows.chunks(LANES).map(|batch| batch.iter().map(|&k| len[k]).sum());
     let pieces = split_by(lambdas, batch_lens);
     // G = R[:, :bw] (symmetric), packed so the gathers stay in L1.
