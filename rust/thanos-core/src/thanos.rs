@@ -151,6 +151,10 @@ fn remaining<'a, T: Real>(w: &'a [T], scale: &'a [T], from: usize) -> ScaledAbs<
 
 /// Rows per task of the block update (and of the tally riding on it).
 const PANEL_ROWS: usize = TALLY_ROWS * 2;
+/// Columns per product within a panel: the tally then reads them from L2
+/// (64 x 1024 f32 is 256 KiB), and on wide layers the products are faster
+/// than one per panel.
+const PANEL_COLS: usize = 1024;
 
 /// Applies the optimal update of every row for its mask in [i1, i2). With
 /// `next_zeros` (the zeros still to make over the columns [i2, b)), each
@@ -184,16 +188,25 @@ fn block_update<T: Real>(
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
         let rows = wp.len() / b;
-        matmul(
-            MatMut::from_row_major_slice_mut(wp, rows, b).submatrix_mut(0, i1, rows, rest),
-            Accum::Add,
-            MatRef::from_row_major_slice(lp, rows, bw),
-            MatRef::from_row_major_slice(r, bw, rest),
-            T::from_f64(-1.0),
-            Par::Seq,
-        );
+        let mut tally = window.map(|_| Tally::default());
+        for j in (i1..b).step_by(PANEL_COLS) {
+            let n = PANEL_COLS.min(b - j);
+            matmul(
+                MatMut::from_row_major_slice_mut(wp, rows, b).submatrix_mut(0, j, rows, n),
+                Accum::Add,
+                MatRef::from_row_major_slice(lp, rows, bw),
+                MatRef::from_row_major_slice(r, bw, rest).subcols(j - i1, n),
+                T::from_f64(-1.0),
+                Par::Seq,
+            );
+            let (from, to) = (j.max(i2), j + n);
+            if let Some(win) = window.filter(|_| from < to) {
+                let keys = ScaledAbs { from, to, ..remaining(wp, layer.hsqrt, 0) };
+                tally = tally.map(|t| t.merge(tally_rows(&keys, 0..rows, to - from, win)));
+            }
+        }
         wp.chunks_mut(b).zip(mp.chunks(b)).for_each(|(row, m)| zero_row(&mut row[i1..i2], &m[i1..i2]));
-        window.map(|win| tally_rows(&remaining(wp, layer.hsqrt, i2), 0..rows, b - i2, win))
+        tally
     };
     Ok(w.par_chunks_mut(PANEL_ROWS * b)
         .zip(l.par_chunks(PANEL_ROWS * bw))
