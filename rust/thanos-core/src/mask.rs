@@ -270,24 +270,33 @@ multiversion! {
 }
 
 /// Position of the `need`-th key equal to `threshold` in row-major order.
+/// Rows are counted a group at a time, in order: need < the equal keys, so
+/// the row is usually found before the last group.
 fn nth_equal<K: RowKeys>(c: usize, width: usize, threshold: K::Key, need: usize, keys: &K) -> (usize, usize) {
-    let per_row: Vec<usize> = (0..c)
-        .into_par_iter()
-        .with_min_len(16)
-        .map_init(|| vec![K::Key::default(); width], |buf, row| count_equal_row(keys, row, buf, threshold))
-        .collect();
     let mut left = need;
-    for (row, &count) in per_row.iter().enumerate() {
-        if left <= count {
-            let mut buf = vec![K::Key::default(); width];
-            keys.fill(row, 0, &mut buf);
-            let col = (0..width).filter(|&col| buf[col] == threshold).nth(left - 1).expect("counted above");
-            return (row, col);
+    for start in (0..c).step_by(EQUAL_ROWS) {
+        let rows = start..(start + EQUAL_ROWS).min(c);
+        let per_row: Vec<usize> = rows
+            .clone()
+            .into_par_iter()
+            .with_min_len(16)
+            .map_init(|| vec![K::Key::default(); width], |buf, row| count_equal_row(keys, row, buf, threshold))
+            .collect();
+        for (row, &count) in rows.zip(&per_row) {
+            if left <= count {
+                let mut buf = vec![K::Key::default(); width];
+                keys.fill(row, 0, &mut buf);
+                let col = (0..width).filter(|&col| buf[col] == threshold).nth(left - 1).expect("counted above");
+                return (row, col);
+            }
+            left -= count;
         }
-        left -= count;
     }
     unreachable!("fewer equal keys than counted")
 }
+
+/// Rows per group of [`nth_equal`].
+const EQUAL_ROWS: usize = 256;
 
 multiversion! {
     fn count_equal_row[K: RowKeys](keys: &K, row: usize, buf: &mut [K::Key], threshold: K::Key) -> usize {
