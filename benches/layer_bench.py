@@ -15,9 +15,10 @@ On CUDA `.seconds` stops without a device sync, so it can miss the last queued k
 The mask check compares as-published Thanos with every Thanos backend: the two compute the same
 trailing inverses by different float32 arithmetic, so a near-tie can flip a few entries (a
 256x768 2:4 run differs in one group of 4 in float32 and not at all in float64).
-Below the table, the work Thanos and SparseGPT do beyond what they share, counted from their
-masks (`extra_work`), and what the difference would take at the measured GEMM rate: how far
-apart the two can be however fast the kernels get.
+Below the table, the work the Rust kernels of Thanos and SparseGPT do beyond what they share,
+counted from their masks (`extra_work`), and what the difference would take at the measured GEMM
+rate: an estimate (not a bound) of the gap that remains if both ran their extra work as fast as
+a large GEMM.
 
     python benches/layer_bench.py                                   # Llama-7B shapes: many minutes
     python benches/layer_bench.py --shapes 512x512,256x768          # smoke run, well under a minute
@@ -234,7 +235,7 @@ def bench_shape(args, shape, h, devices, start):
                 device = devices[backend]
                 seconds, res = run_method(*inputs[device], method, pattern, backend, args.repeat)
                 rows.append(row(shape, method, pattern, backend, device, seconds, res.loss, res.sparsity, res.damp))
-                rows[-1]["extra_work"] = extra_work(method, pattern, res.mask, BLOCK)
+                rows[-1]["extra_work"] = extra_work(method, pattern, res.mask, BLOCK) if backend == "rust" else None
                 progress(start, rows[-1])
                 if method != "thanos":
                     continue
@@ -246,22 +247,29 @@ def bench_shape(args, shape, h, devices, start):
 
 
 def extra_work(method: str, pattern: str, mask: torch.Tensor, block: int) -> dict | None:
-    """Multiply-adds a method does beyond the work Thanos and SparseGPT share, counted from its mask.
+    """Multiply-adds the Rust kernels of a method do beyond the work Thanos and SparseGPT share,
+    counted from its mask.
 
     Shared: the factor of H and, per block, the GEMM that updates the columns right of it. Thanos
-    adds every row's `G[Q,Q]` solve (`s^3/6 + s^2` for s = |Q|: Cholesky, two triangular solves) and
-    the block's own columns in its update GEMM (`c bw^2`); SparseGPT adds its in-block OBS loop (per
-    pruned entry, one update of the block's later columns). Structured pruning is the same joint
-    solve for both, so it has none.
+    adds the block's rows of the trailing inverse (`R = U_blk^T U[i1:i2, i1:]`, `bw^2 (b - i1)`),
+    every row's `G[Q,Q]` solve (`s^3/6 + s^2` for s = |Q|: Cholesky, two triangular solves; the
+    padding of a batch of 16 rows to its largest s is not counted) and the block's own columns in
+    its update GEMM (`c bw^2`); SparseGPT adds its in-block OBS loop (per pruned entry, one update
+    of the block's later columns). Structured pruning is the same joint solve for both: none.
     """
     if pattern == "structured" or method not in ("thanos", "sparsegpt"):
         return None
     c, b = mask.shape
+    if ":" in pattern:  # the kernels round an N:M block down to a multiple of M
+        m = int(pattern.split(":")[1])
+        block = max(m, block - block % m)
+    block = max(1, min(block, b))
     m = mask.cpu().to(torch.float64)
     starts = range(0, b, block)
     if method == "thanos":
         counts = [m[:, i:i + block].sum(1) for i in starts]
-        return {"solves": sum(float((s ** 3 / 6 + s ** 2).sum()) for s in counts),
+        return {"R": float(sum(min(block, b - i) ** 2 * (b - i) for i in starts)),
+                "solves": sum(float((s ** 3 / 6 + s ** 2).sum()) for s in counts),
                 "block columns": float(sum(c * min(block, b - i) ** 2 for i in starts))}
     later = torch.tensor([min(block, b - j + j % block) - 1 - j % block for j in range(b)], dtype=torch.float64)
     return {"in-block loop": float((m.sum(0) * later).sum())}
@@ -358,14 +366,15 @@ def print_report(machine: dict, rows: list[dict], checks: list[dict]) -> None:
               f"thanos {k['backend']}): {verdict} ({k['differing']} differing entries)")
     work = work_lines(rows, machine["gemm_flops"])
     if work:
-        print("\nWork beyond what Thanos and SparseGPT share (the factor and each block's trailing GEMM), "
-              "counted from the masks, in G multiply-adds:")
+        print("\nWork of the Rust kernels beyond what Thanos and SparseGPT share (the factor and each block's "
+              "trailing GEMM), counted from the masks, in billions of multiply-adds; the difference at the GEMM "
+              "rate is an estimate of the gap if all of it ran as fast as a large GEMM:")
         print("\n".join(work))
 
 
 def work_lines(rows: list[dict], gemm_flops: dict) -> list[str]:
-    """Per shape and pattern with a Thanos and a SparseGPT row on one backend: their extra work, and
-    what the difference costs at the measured GEMM rate, as a share of SparseGPT's time."""
+    """Per shape and pattern with a Thanos and a SparseGPT Rust row: their extra work, and what
+    Thanos's minus SparseGPT's takes at the measured GEMM rate, as a share of SparseGPT's time."""
     lines = []
     for t in rows:
         s = next((r for r in rows if r["method"] == "sparsegpt" and t["method"] == "thanos" and t.get("extra_work")

@@ -522,6 +522,17 @@ mod tests {
     }
 
     #[test]
+    fn ties_are_cut_in_row_order_past_the_first_group_of_rows() {
+        // Every key equal: the cutoff row is r / width, well past the first
+        // EQUAL_ROWS rows, and in a ragged last group for the largest r.
+        let (c, width) = (2 * EQUAL_ROWS + 37, 3);
+        let keys = vec![vec![5u64; width]; c];
+        for r in [1, 3 * EQUAL_ROWS + 1, 3 * (2 * EQUAL_ROWS + 20) + 2, c * width - 1] {
+            assert_eq!(selected(&keys, r), brute(&keys, r), "r = {r}");
+        }
+    }
+
+    #[test]
     fn every_simd_level_selects_the_same() {
         let keys = random_keys(200, 300, 1000, 4);
         let n = 200 * 300;

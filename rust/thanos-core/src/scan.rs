@@ -5,8 +5,8 @@
 //! falls inside it (the usual case), the pass and a selection among the
 //! collected keys give the exact threshold; otherwise the caller falls back
 //! to passes that do not depend on the sample. A window never changes a
-//! result, only the cost. Thanos runs this pass on each panel of rows right
-//! after that panel's update, while the rows are still in cache.
+//! result, only the cost. Thanos runs this pass on each piece of a panel of
+//! rows right after that piece's update, while it is still in cache.
 
 use std::ops::Range;
 

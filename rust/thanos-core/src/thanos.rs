@@ -2,9 +2,10 @@
 //!
 //! Per block [i1, i2): pick each row's set Q_k, solve the rows' small systems
 //! `lambda_k = G[Q_k,Q_k]^{-1} w[Q_k]` in parallel, scatter them into L, and
-//! apply every row's optimal update with ONE product `W[:, i1:] -= L R`,
-//! where `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse
-//! is ever recomputed.
+//! apply every row's optimal update with one product `W[:, i1:] -= L R`
+//! (issued by panels of rows and pieces of columns), where
+//! `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse is
+//! ever recomputed.
 
 use std::cmp::Reverse;
 use std::ops::Range;
@@ -152,8 +153,8 @@ fn remaining<'a, T: Real>(w: &'a [T], scale: &'a [T], from: usize) -> ScaledAbs<
 /// Rows per task of the block update (and of the tally riding on it).
 const PANEL_ROWS: usize = TALLY_ROWS * 2;
 /// Columns per product within a panel: the tally then reads them from L2
-/// (64 x 1024 f32 is 256 KiB), and on wide layers the products are faster
-/// than one per panel.
+/// (64 x 1024 is 256 KiB in f32, 512 KiB in f64), and on wide layers the
+/// products are faster than one per panel.
 const PANEL_COLS: usize = 1024;
 
 /// Applies the optimal update of every row for its mask in [i1, i2). With
