@@ -20,7 +20,7 @@ use crate::hessian::Factor;
 use crate::mask::{column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, TALLY_ROWS};
 use crate::scalar::Real;
 use crate::scan::{tally_rows, Tally, Window};
-use crate::simd::multiversion;
+use crate::simd::{multiversion, prefetch};
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
@@ -289,7 +289,12 @@ fn solve_rows<T: Real>(
     let g = packed(r, bw, rest);
     let q = |k: usize| &sets[k * bw..k * bw + len[k]];
     let at = &at[..];
-    rows.par_chunks(LANES).zip(pieces).try_for_each_init(LaneScratch::default, |scratch, (batch, rhs)| {
+    let batches = rows.par_chunks(LANES).zip(pieces).enumerate();
+    batches.try_for_each_init(LaneScratch::default, |scratch, (at_batch, (batch, rhs))| {
+        // The next batch's rows of W, scattered over W, load while this one solves.
+        for &k in rows.iter().skip((at_batch + 1) * LANES).take(LANES) {
+            prefetch(&w[k * b + i1..k * b + i2]);
+        }
         let mut views = split_by(rhs, batch.iter().map(|&k| len[k]));
         for (view, &k) in views.iter_mut().zip(batch) {
             let wrow = &w[k * b + i1..k * b + i2];
