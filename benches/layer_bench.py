@@ -6,7 +6,7 @@ pattern and backend, plus Thanos "as published" (re-inverting the trailing H eve
 `torch_kernels.prune_as_published`) as the reference. Not a test: it prints numbers.
 
 Columns: `seconds` is `LayerResult.seconds` (kernel time, no loss computation), the median over
-`--repeat` runs. Every "x" column is a time ratio, this row's seconds / the reference's
+`--repeat` runs, taken in rounds (each method and backend once per round). Every "x" column is a time ratio, this row's seconds / the reference's
 (< 1 = faster): vs as-published Thanos (same shape, pattern and device; "~" where that run was
 skipped and its time extrapolated), vs SparseGPT (same shape, pattern and backend), and vs the
 flop bound `(1.3 b^3 + c b^2) / R`, R = the float32 GEMM rate of torch measured here (a
@@ -181,12 +181,11 @@ def warm_up(backends: list[tuple[str, str]]) -> None:
         prune_layer(w.to(device), h.to(device), "thanos", "unstructured", 0.5, 0.0, BLOCK, DAMP, backend)
 
 
-def run_method(w, h, method: str, pattern: str, backend: str, repeat: int):
-    """prune_layer `repeat` times: (median seconds, last result)."""
+def run_method(w, h, method: str, pattern: str, backend: str):
+    """One prune_layer run."""
     from thanos_rs import prune_layer
 
-    runs = [prune_layer(w, h, method, pattern, sparsity_of(pattern), 0.0, BLOCK, DAMP, backend) for _ in range(repeat)]
-    return statistics.median(r.seconds for r in runs), runs[-1]
+    return prune_layer(w, h, method, pattern, sparsity_of(pattern), 0.0, BLOCK, DAMP, backend)
 
 
 def run_published(w, h, pattern: str, device: str, repeat: int):
@@ -230,19 +229,26 @@ def bench_shape(args, shape, h, devices, start):
                 else:
                     rows.append(row(shape, PUBLISHED, pattern, "torch", device, None))
                 progress(start, rows[-1])
-        for method in args.methods:
-            for backend in args.backends:
-                device = devices[backend]
-                seconds, res = run_method(*inputs[device], method, pattern, backend, args.repeat)
-                rows.append(row(shape, method, pattern, backend, device, seconds, res.loss, res.sparsity, res.damp))
-                rows[-1]["extra_work"] = extra_work(method, pattern, res.mask, BLOCK) if backend == "rust" else None
-                progress(start, rows[-1])
-                if method != "thanos":
-                    continue
-                for pub_device, pub_mask in published.items():
-                    differing = int((pub_mask.cpu() != res.mask.cpu()).sum())
-                    checks.append(dict(shape=f"{c}x{b}", pattern=pattern, published_device=pub_device,
-                                       backend=backend, differing=differing))
+        cases = [(method, backend) for method in args.methods for backend in args.backends]
+        seconds, last = {case: [] for case in cases}, {}
+        # In rounds, every case once per round: the VM's speed drifts over minutes, and a drift
+        # then slows every case of a round alike instead of skewing the ratios between them.
+        for _ in range(args.repeat):
+            for method, backend in cases:
+                last[method, backend] = run_method(*inputs[devices[backend]], method, pattern, backend)
+                seconds[method, backend].append(last[method, backend].seconds)
+        for method, backend in cases:
+            res, device = last[method, backend], devices[backend]
+            rows.append(row(shape, method, pattern, backend, device, statistics.median(seconds[method, backend]),
+                            res.loss, res.sparsity, res.damp))
+            rows[-1]["extra_work"] = extra_work(method, pattern, res.mask, BLOCK) if backend == "rust" else None
+            progress(start, rows[-1])
+            if method != "thanos":
+                continue
+            for pub_device, pub_mask in published.items():
+                differing = int((pub_mask.cpu() != res.mask.cpu()).sum())
+                checks.append(dict(shape=f"{c}x{b}", pattern=pattern, published_device=pub_device,
+                                   backend=backend, differing=differing))
     return rows, checks
 
 
