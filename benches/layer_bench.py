@@ -6,8 +6,8 @@ pattern and backend, plus Thanos "as published" (re-inverting the trailing H eve
 `torch_kernels.prune_as_published`) as the reference. Not a test: it prints numbers.
 
 Columns: `seconds` is `LayerResult.seconds` (kernel time, no loss computation), the median over
-`--repeat` runs, taken in rounds (each method and backend once per round). Every "x" column is a time ratio, this row's seconds / the reference's
-(< 1 = faster): vs as-published Thanos (same shape, pattern and device; "~" where that run was
+`--repeat` runs, taken in rounds (each method and backend once per round). Every "x" column
+is a time ratio, this row's seconds / the reference's (< 1 = faster): vs as-published Thanos (same shape, pattern and device; "~" where that run was
 skipped and its time extrapolated), vs SparseGPT (same shape, pattern and backend), and vs the
 flop bound `(1.3 b^3 + c b^2) / R`, R = the float32 GEMM rate of torch measured here (a
 4096 x 4096 @ 4096 x 4096 matmul, best of 3; faer's rate is not reachable from Python).
@@ -263,22 +263,21 @@ def extra_work(method: str, pattern: str, mask: torch.Tensor, block: int) -> dic
     its update GEMM (`c bw^2`); SparseGPT adds its in-block OBS loop (per pruned entry, one update
     of the block's later columns). Structured pruning is the same joint solve for both: none.
     """
+    from thanos_rs import spec
+
     if pattern == "structured" or method not in ("thanos", "sparsegpt"):
         return None
     c, b = mask.shape
-    if ":" in pattern:  # the kernels round an N:M block down to a multiple of M
-        m = int(pattern.split(":")[1])
-        block = max(m, block - block % m)
-    block = max(1, min(block, b))
-    m = mask.cpu().to(torch.float64)
+    block = spec.make_spec(method, pattern, sparsity_of(pattern), 0.0, block, DAMP).block_for(b)
+    pruned = mask.cpu().to(torch.float64)
     starts = range(0, b, block)
     if method == "thanos":
-        counts = [m[:, i:i + block].sum(1) for i in starts]
+        counts = [pruned[:, i:i + block].sum(1) for i in starts]
         return {"R": float(sum(min(block, b - i) ** 2 * (b - i) for i in starts)),
                 "solves": sum(float((s ** 3 / 6 + s ** 2).sum()) for s in counts),
                 "block columns": float(sum(c * min(block, b - i) ** 2 for i in starts))}
     later = torch.tensor([min(block, b - j + j % block) - 1 - j % block for j in range(b)], dtype=torch.float64)
-    return {"in-block loop": float((m.sum(0) * later).sum())}
+    return {"in-block loop": float((pruned.sum(0) * later).sum())}
 
 
 # ---- derived columns and output -------------------------------------------------------------
@@ -301,18 +300,20 @@ def extrapolate_published(rows: list[dict]) -> None:
 
 def add_ratios(rows: list[dict], gemm_flops: dict) -> None:
     """The "x" columns: this row's seconds over each reference's (None where it has none)."""
-    def find(method, r, same):
-        return next((o for o in rows if o["method"] == method and all(o[k] == r[k] for k in same)), None)
-
     for r in rows:
         r["bound_s"] = (1.3 * r["b"] ** 3 + r["c"] * r["b"] ** 2) / gemm_flops[r["device"]]
-        pub = find(PUBLISHED, r, ("shape", "pattern", "device"))
+        pub = find(rows, PUBLISHED, r, ("shape", "pattern", "device"))
         pub_s = None if pub is None else pub["seconds"] or pub.get("est_seconds")
-        sgpt = find("sparsegpt", r, ("shape", "pattern", "backend", "device"))
+        sgpt = find(rows, "sparsegpt", r, ("shape", "pattern", "backend", "device"))
         r["published_estimated"] = pub is not None and pub["seconds"] is None and pub_s is not None
         r["x_published"] = ratio(r["seconds"], pub_s)
         r["x_sparsegpt"] = ratio(r["seconds"], sgpt and sgpt["seconds"])
         r["x_bound"] = ratio(r["seconds"], r["bound_s"])
+
+
+def find(rows: list[dict], method: str, r: dict, same: tuple[str, ...]) -> dict | None:
+    """The first row of `method` that agrees with row r on the keys `same`."""
+    return next((o for o in rows if o["method"] == method and all(o[k] == r[k] for k in same)), None)
 
 
 def ratio(num, den):
@@ -383,8 +384,9 @@ def work_lines(rows: list[dict], gemm_flops: dict) -> list[str]:
     Thanos's minus SparseGPT's takes at the measured GEMM rate, as a share of SparseGPT's time."""
     lines = []
     for t in rows:
-        s = next((r for r in rows if r["method"] == "sparsegpt" and t["method"] == "thanos" and t.get("extra_work")
-                  and all(r[k] == t[k] for k in ("shape", "pattern", "backend", "device"))), None)
+        if t["method"] != "thanos" or not t.get("extra_work"):
+            continue
+        s = find(rows, "sparsegpt", t, ("shape", "pattern", "backend", "device"))
         if s is None or not s.get("extra_work"):
             continue
         tw, sw = sum(t["extra_work"].values()), sum(s["extra_work"].values())

@@ -188,14 +188,14 @@ fn block_update<T: Real>(
     let (l, r) = (&rows.l[..], &r[..]);
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
-        let rows = wp.len() / b;
+        let height = wp.len() / b;
         let mut tally = window.map(|_| Tally::default());
         for j in (i1..b).step_by(PANEL_COLS) {
             let n = PANEL_COLS.min(b - j);
             matmul(
-                MatMut::from_row_major_slice_mut(wp, rows, b).submatrix_mut(0, j, rows, n),
+                MatMut::from_row_major_slice_mut(wp, height, b).submatrix_mut(0, j, height, n),
                 Accum::Add,
-                MatRef::from_row_major_slice(lp, rows, bw),
+                MatRef::from_row_major_slice(lp, height, bw),
                 MatRef::from_row_major_slice(r, bw, rest).subcols(j - i1, n),
                 T::from_f64(-1.0),
                 Par::Seq,
@@ -203,7 +203,7 @@ fn block_update<T: Real>(
             let (from, to) = (j.max(i2), j + n);
             if let Some(win) = window.filter(|_| from < to) {
                 let keys = ScaledAbs { from, to, ..remaining(wp, layer.hsqrt, 0) };
-                tally = tally.map(|t| t.merge(tally_rows(&keys, 0..rows, to - from, win)));
+                tally = tally.map(|t| t.merge(tally_rows(&keys, 0..height, to - from, win)));
             }
         }
         wp.chunks_mut(b).zip(mp.chunks(b)).for_each(|(row, m)| zero_row(&mut row[i1..i2], &m[i1..i2]));
@@ -292,7 +292,7 @@ fn solve_rows<T: Real>(
     let batches = rows.par_chunks(LANES).zip(pieces).enumerate();
     batches.try_for_each_init(LaneScratch::default, |scratch, (at_batch, (batch, rhs))| {
         // The next batch's rows of W, scattered over W, load while this one solves.
-        for &k in rows.iter().skip((at_batch + 1) * LANES).take(LANES) {
+        for &k in rows.chunks(LANES).nth(at_batch + 1).unwrap_or_default() {
             prefetch(&w[k * b + i1..k * b + i2]);
         }
         let mut views = split_by(rhs, batch.iter().map(|&k| len[k]));
