@@ -380,6 +380,10 @@ multiversion! {
 /// Thanos outlier rows: the ceil(alpha c) rows with the largest
 /// h_k = sum_j W_kj^2 H_jj, ties to the lower row. True = keep dense.
 pub fn outlier_rows<T: Real>(w: &[T], hdiag: &[f64], c: usize, b: usize, count: usize) -> Vec<bool> {
+    if count == 0 {
+        // alpha = 0, every method's usual case: no scores needed.
+        return vec![false; c];
+    }
     let h: Vec<f64> =
         w.par_chunks(b).map(|row| row.iter().zip(hdiag).map(|(&x, &d)| x.to_f64() * x.to_f64() * d).sum()).collect();
     let mut order: Vec<usize> = (0..c).collect();
