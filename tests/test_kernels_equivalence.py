@@ -186,14 +186,15 @@ def test_as_published_is_the_same_algorithm(pattern, alpha):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_wide_layers_agree_with_torch(dtype, pattern):
-    """b > 1024: the Rust update runs in 1024-column pieces (the tally of the next selection on
-    each piece, a 12-column last piece, a ragged 6-row panel); the torch backend does not.
+    """b > 1024: the Rust update runs in 512 KiB pieces of 128-row panels (1024 columns in float32,
+    512 in float64; the tally of the next selection on each piece, a short last piece, a ragged
+    6-row last panel); the torch backend does not.
 
     float64: same masks, weights equal to 1e-10 * max|W| (cond(H) ~ 10). float32: near-ties may
     flip, so a few masked entries may differ and the losses agree to 1e-3.
     """
     rng = np.random.default_rng(13)
-    c, b = 70, 1100
+    c, b = 134, 1100
     x = rng.standard_normal((b, 3 * b))
     h = (2 * x @ x.T / (3 * b)).astype(dtype)
     w = (rng.standard_normal((c, b)) * np.exp(rng.standard_normal(b))).astype(dtype)
