@@ -190,10 +190,10 @@ fn block_update<T: Real>(
     solve_rows(w, mask, r, layer, i1..i2, rows)?;
     let (l, r) = (&rows.l[..], &r[..]);
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
+    let piece = PANEL_BYTES / PANEL_ROWS / std::mem::size_of::<T>();
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
         let height = wp.len() / b;
         let mut tally = window.map(|_| Tally::default());
-        let piece = PANEL_BYTES / PANEL_ROWS / std::mem::size_of::<T>();
         for j in (i1..b).step_by(piece) {
             let n = piece.min(b - j);
             matmul(
@@ -270,7 +270,13 @@ fn solve_rows<T: Real>(
     sets.resize(c * bw, 0);
     len.resize(c, 0);
     sets.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
-        *n = marked(&mask[k * b + i1..k * b + i2], q);
+        // Branch-free: every position is written, and kept only if masked.
+        let mut count = 0;
+        for (j, &m) in mask[k * b + i1..k * b + i2].iter().enumerate() {
+            q[count] = j;
+            count += usize::from(m);
+        }
+        *n = count;
     });
     let (sets, len) = (&sets[..], &len[..]);
     // Largest systems first, so the rows sharing a batch need little padding.
@@ -318,31 +324,6 @@ fn solve_rows<T: Real>(
         q(k).iter().zip(&lambdas[at[k]..at[k] + len[k]]).for_each(|(&j, &v)| lrow[j] = v);
     });
     Ok(())
-}
-
-/// Writes the positions of the true entries of `mask`, in order, to the
-/// front of `out` and returns how many there are (64 at a time, as bits).
-fn marked(mask: &[bool], out: &mut [usize]) -> usize {
-    let mut n = 0;
-    for (at, chunk) in mask.chunks(64).enumerate() {
-        let mut bits = chunk.chunks(8).enumerate().fold(0u64, |acc, (i, eight)| acc | byte_bits(eight) << (8 * i));
-        while bits != 0 {
-            out[n] = at * 64 + bits.trailing_zeros() as usize;
-            n += 1;
-            bits &= bits - 1;
-        }
-    }
-    n
-}
-
-/// Up to 8 bools as the low bits of a byte (bool i at bit i). The bools are
-/// bytes of 0 or 1; the multiply moves byte i's bit to bit 56 + i, and every
-/// other product term lands at a distinct lower or overflowing position.
-#[inline(always)]
-fn byte_bits(eight: &[bool]) -> u64 {
-    let mut bytes = [0u8; 8];
-    eight.iter().zip(&mut bytes).for_each(|(&m, x)| *x = u8::from(m));
-    u64::from_le_bytes(bytes).wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
 /// Consecutive mutable pieces of `buf` with the given lengths.
