@@ -13,6 +13,7 @@ mod magnitude;
 mod mask;
 mod scalar;
 mod scan;
+mod sets;
 mod simd;
 mod solve;
 mod sparsegpt;

@@ -69,6 +69,7 @@ pub trait Real: RealField + Copy + Send + Sync + Default + 'static {
     fn mul_sub<const FUSED: bool>(a: Self, b: Self, c: Self) -> Self;
     /// `xs` as f32 if that is the type (for kernels written for f32 only).
     fn as_f32(xs: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -112,6 +113,9 @@ impl Real for f32 {
     fn as_f32(xs: &[Self]) -> Option<&[f32]> {
         Some(xs)
     }
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+        Some(xs)
+    }
 }
 
 impl Real for f64 {
@@ -153,6 +157,9 @@ impl Real for f64 {
         }
     }
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
         None
     }
 }

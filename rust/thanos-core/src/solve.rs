@@ -66,14 +66,14 @@ pub fn packed<T: Real>(g: &[T], n: usize, stride: usize) -> Vec<T> {
 pub fn solve_lanes<T: Real>(
     g: &[T],
     n: usize,
-    qs: &[&[usize]],
+    qs: &[&[u32]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
     assert!(qs.len() <= LANES && qs.len() == rhs.len());
     assert!(g.len() == tri(n + 1) && g.len() <= u32::MAX as usize);
     // Increasing sets make every gathered (i, j <= i) entry lie in the triangle.
-    assert!(qs.iter().all(|q| q.windows(2).all(|p| p[0] < p[1]) && q.last().is_none_or(|&j| j < n)));
+    assert!(qs.iter().all(|q| q.windows(2).all(|p| p[0] < p[1]) && q.last().is_none_or(|&j| (j as usize) < n)));
     let wide = std::mem::size_of::<T>() == 8;
     #[cfg(target_arch = "x86_64")]
     match level() {
@@ -107,7 +107,7 @@ pub fn solve_lanes<T: Real>(
 unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
     g: &[T],
     n: usize,
-    qs: &[&[usize]],
+    qs: &[&[u32]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
@@ -119,7 +119,7 @@ unsafe fn solve_lanes_avx512<T: Real, const TS: usize>(
 unsafe fn solve_lanes_avx2<T: Real, const TS: usize>(
     g: &[T],
     n: usize,
-    qs: &[&[usize]],
+    qs: &[&[u32]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
@@ -130,7 +130,7 @@ unsafe fn solve_lanes_avx2<T: Real, const TS: usize>(
 fn solve_lanes_generic<T: Real, const FUSED: bool, const AVX512: bool, const TS: usize>(
     g: &[T],
     n: usize,
-    qs: &[&[usize]],
+    qs: &[&[u32]],
     rhs: &mut [&mut [T]],
     scratch: &mut LaneScratch<T>,
 ) -> u32 {
@@ -166,7 +166,7 @@ fn fms<T: Real, const FUSED: bool>(mut acc: Lanes<T>, x: &Lanes<T>, y: &Lanes<T>
 /// than s reads row n there (the zero last row of the packed G) and
 /// gets a unit diagonal there: identity rows with a zero rhs.
 #[inline(always)]
-fn prepare<T: Real>(n: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
+fn prepare<T: Real>(n: usize, qs: &[&[u32]], rhs: &[&mut [T]], s: usize, scratch: &mut LaneScratch<T>) {
     let (zero, one) = (T::from_f64(0.0), T::from_f64(1.0));
     let pad = n;
     scratch.offs.clear();
@@ -178,7 +178,7 @@ fn prepare<T: Real>(n: usize, qs: &[&[usize]], rhs: &[&mut [T]], s: usize, scrat
     for l in 0..LANES {
         let q = qs.get(l).copied().unwrap_or(&[]);
         for i in 0..s {
-            let j = q.get(i).copied().unwrap_or(pad);
+            let j = q.get(i).map_or(pad, |&j| j as usize);
             scratch.cols[i][l] = j as u32;
             scratch.offs[i][l] = tri(j) as u32;
             if j == pad {
@@ -530,23 +530,23 @@ mod tests {
 
     /// Lanes with different index sets and sizes (odd ones, so tiles are
     /// partial, and an empty one), checked against G itself.
-    type Solver<T> = fn(&[T], usize, &[&[usize]], &mut [&mut [T]], &mut LaneScratch<T>) -> u32;
+    type Solver<T> = fn(&[T], usize, &[&[u32]], &mut [&mut [T]], &mut LaneScratch<T>) -> u32;
 
     fn check_lanes<T: Real>(n: usize, tol: f64, solve: Solver<T>) {
         let g = gram(n);
         let gt: Vec<T> = g.iter().map(|&x| T::from_f64(x)).collect();
-        let qs: Vec<Vec<usize>> = (0..15)
-            .map(|l| (0..n).filter(|i| (i + l) % (l % 6 + 2) != 0).skip(l % 4).collect())
+        let qs: Vec<Vec<u32>> = (0..15)
+            .map(|l| (0..n).filter(|i| (i + l) % (l % 6 + 2) != 0).skip(l % 4).map(|i| i as u32).collect())
             .chain([vec![]])
             .collect();
         let want: Vec<Vec<f64>> = qs.iter().map(|q| q.iter().map(|&i| i as f64 - 7.0).collect()).collect();
         let mut got: Vec<Vec<T>> = want.iter().map(|r| r.iter().map(|&x| T::from_f64(x)).collect()).collect();
-        let q_refs: Vec<&[usize]> = qs.iter().map(|q| q.as_slice()).collect();
+        let q_refs: Vec<&[u32]> = qs.iter().map(|q| q.as_slice()).collect();
         let mut rhs: Vec<&mut [T]> = got.iter_mut().map(|r| r.as_mut_slice()).collect();
         assert_eq!(solve(&packed(&gt, n, n), n, &q_refs, &mut rhs, &mut LaneScratch::default()), 0);
         for ((q, x), b) in qs.iter().zip(&got).zip(&want) {
             for (r, &qi) in q.iter().enumerate() {
-                let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi * n + qj] * xj.to_f64()).sum();
+                let lhs: f64 = q.iter().zip(x).map(|(&qj, &xj)| g[qi as usize * n + qj as usize] * xj.to_f64()).sum();
                 assert!((lhs - b[r]).abs() < tol * (1.0 + b[r].abs()), "n {n} row {r}: {lhs} vs {}", b[r]);
             }
         }
@@ -582,7 +582,7 @@ mod tests {
     #[test]
     fn indefinite_lane_is_reported_alone() {
         let g = packed(&[1.0f32, 2.0, 2.0, 1.0], 2, 2);
-        let (q0, q1): (&[usize], &[usize]) = (&[0, 1], &[0]);
+        let (q0, q1): (&[u32], &[u32]) = (&[0, 1], &[0]);
         let (mut x0, mut x1) = ([1.0f32, 1.0], [3.0f32]);
         let failed = solve_lanes(&g, 2, &[q0, q1], &mut [&mut x0[..], &mut x1[..]], &mut LaneScratch::default());
         assert_eq!(failed, 0b01);

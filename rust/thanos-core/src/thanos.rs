@@ -7,7 +7,6 @@
 //! `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse is
 //! ever recomputed.
 
-use std::cmp::Reverse;
 use std::ops::Range;
 
 use faer::linalg::matmul::matmul;
@@ -20,6 +19,7 @@ use crate::hessian::Factor;
 use crate::mask::{column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, TALLY_ROWS};
 use crate::scalar::Real;
 use crate::scan::{tally_rows, Tally, Window};
+use crate::sets::{expand, largest_first, pack, positions};
 use crate::simd::{multiversion, prefetch};
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
@@ -67,12 +67,16 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let block = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
-        made += mask
-            .par_chunks_mut(b)
-            .enumerate()
+        made += buffers
+            .rows
+            .marked(&mut mask, b, i1..i2)
             .map_init(
                 || vec![T::Key::default(); i2 - i1],
-                |buf, (k, row)| mark_row(&sel, &block, k, buf, &mut row[i1..i2]),
+                |buf, (k, (row, bits))| {
+                    let n = mark_row(&sel, &block, k, buf, &mut row[i1..i2]);
+                    pack(&row[i1..i2], bits);
+                    n
+                },
             )
             .sum::<usize>();
         let next_zeros = (i2 < b).then_some(target - made);
@@ -98,9 +102,14 @@ fn nm<T: Real>(
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let keys = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
-        mask.par_chunks_mut(b).enumerate().filter(|(k, _)| !outliers[*k]).for_each_init(
+        buffers.rows.marked(&mut mask, b, i1..i2).for_each_init(
             || vec![T::Key::default(); i2 - i1],
-            |buf, (k, row)| mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]),
+            |buf, (k, (row, bits))| {
+                if !outliers[k] {
+                    mark_nm_row(&keys, k, buf, n, m, &mut row[i1..i2]);
+                }
+                pack(&row[i1..i2], bits);
+            },
         );
         block_update(w, &mask, layer, i1, i2, &mut buffers, None)?;
     }
@@ -123,8 +132,10 @@ impl<T> Default for BlockBuffers<T> {
 
 /// The rows' small systems of one block.
 struct RowSolves<T> {
+    /// Every row's mask in the block, as bits ([`pack`]).
+    bits: Vec<u16>,
     /// Q_k of every row, flat (row k at k * bw), and |Q_k|.
-    sets: Vec<usize>,
+    sets: Vec<u32>,
     len: Vec<usize>,
     /// Every lambda_k, packed, and where row k's starts.
     lambdas: Vec<T>,
@@ -135,7 +146,30 @@ struct RowSolves<T> {
 
 impl<T> Default for RowSolves<T> {
     fn default() -> Self {
-        RowSolves { sets: Vec::new(), len: Vec::new(), lambdas: Vec::new(), at: Vec::new(), l: Vec::new() }
+        RowSolves {
+            bits: Vec::new(),
+            sets: Vec::new(),
+            len: Vec::new(),
+            lambdas: Vec::new(),
+            at: Vec::new(),
+            l: Vec::new(),
+        }
+    }
+}
+
+impl<T> RowSolves<T> {
+    /// Every row of the mask (c x b) with its slot of `bits` for the block
+    /// `cols`, in parallel: the marking fills both.
+    fn marked<'a>(
+        &'a mut self,
+        mask: &'a mut [bool],
+        b: usize,
+        cols: Range<usize>,
+    ) -> impl IndexedParallelIterator<Item = (usize, (&'a mut [bool], &'a mut [u16]))> {
+        let words = cols.len().div_ceil(16);
+        // Every word is written by the marking: resized, not cleared.
+        self.bits.resize(mask.len() / b * words, 0);
+        mask.par_chunks_mut(b).zip(self.bits.par_chunks_mut(words)).enumerate()
     }
 }
 
@@ -187,7 +221,7 @@ fn block_update<T: Real>(
         T::from_f64(1.0),
         layer.par,
     );
-    solve_rows(w, mask, r, layer, i1..i2, rows)?;
+    solve_rows(w, r, layer, i1..i2, rows)?;
     let (l, r) = (&rows.l[..], &r[..]);
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
     let piece = PANEL_BYTES / PANEL_ROWS / std::mem::size_of::<T>();
@@ -257,31 +291,23 @@ const PREDICT_ROWS: usize = 32;
 /// zero elsewhere.
 fn solve_rows<T: Real>(
     w: &[T],
-    mask: &[bool],
     r: &[T],
     layer: &Layer<'_, T>,
     block: Range<usize>,
     out: &mut RowSolves<T>,
 ) -> Result<()> {
-    let RowSolves { sets, len, lambdas, at, l } = out;
+    let RowSolves { bits, sets, len, lambdas, at, l } = out;
     let (i1, i2) = (block.start, block.end);
     let (c, b, bw, rest) = (layer.c, layer.b, i2 - i1, layer.b - i1);
+    let words = bw.div_ceil(16);
+    let bits = |k: usize| &bits[k * words..(k + 1) * words];
     // A row reads only the slots it wrote: resized, not cleared.
     sets.resize(c * bw, 0);
     len.resize(c, 0);
-    sets.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| {
-        // Branch-free: every position is written, and kept only if masked.
-        let mut count = 0;
-        for (j, &m) in mask[k * b + i1..k * b + i2].iter().enumerate() {
-            q[count] = j;
-            count += usize::from(m);
-        }
-        *n = count;
-    });
+    sets.par_chunks_mut(bw).zip(len.par_iter_mut()).enumerate().for_each(|(k, (q, n))| *n = positions(bits(k), bw, q));
     let (sets, len) = (&sets[..], &len[..]);
     // Largest systems first, so the rows sharing a batch need little padding.
-    let mut rows: Vec<usize> = (0..c).filter(|&k| len[k] > 0).collect();
-    rows.sort_unstable_by_key(|&k| (Reverse(len[k]), k));
+    let rows = largest_first(len, bw);
     // Every lambda, in that order, in one buffer; at[k] is where row k's starts.
     reuse(at, c, 0);
     let mut total = 0;
@@ -308,21 +334,18 @@ fn solve_rows<T: Real>(
         let mut views = split_by(rhs, batch.iter().map(|&k| len[k]));
         for (view, &k) in views.iter_mut().zip(batch) {
             let wrow = &w[k * b + i1..k * b + i2];
-            view.iter_mut().zip(q(k)).for_each(|(v, &j)| *v = wrow[j]);
+            view.iter_mut().zip(q(k)).for_each(|(v, &j)| *v = wrow[j as usize]);
         }
-        let qs: Vec<&[usize]> = batch.iter().map(|&k| q(k)).collect();
+        let qs: Vec<&[u32]> = batch.iter().map(|&k| q(k)).collect();
         let failed = solve_lanes(&g, bw, &qs, &mut views, scratch);
         for (lane, &k) in batch.iter().enumerate().filter(|(lane, _)| failed >> lane & 1 == 1) {
             views[lane].copy_from_slice(&solve_in_f64(layer, i1, i2, q(k), &w[k * b + i1..])?);
         }
         Ok(())
     })?;
-    // Scattered into L by rows, in parallel (this also clears L).
+    // Scattered into L by rows, in parallel (every entry is written).
     l.resize(c * bw, T::from_f64(0.0));
-    l.par_chunks_mut(bw).enumerate().for_each(|(k, lrow)| {
-        lrow.fill(T::from_f64(0.0));
-        q(k).iter().zip(&lambdas[at[k]..at[k] + len[k]]).for_each(|(&j, &v)| lrow[j] = v);
-    });
+    l.par_chunks_mut(bw).enumerate().for_each(|(k, lrow)| expand(bits(k), &lambdas[at[k]..at[k] + len[k]], lrow));
     Ok(())
 }
 
@@ -338,14 +361,14 @@ fn split_by<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut
 
 /// Rounding in T broke positive definiteness of G[Q,Q] = A^T A, A = U_blk[:, Q]
 /// (full column rank, so SPD): rebuild it from U in f64 and solve that row again.
-fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[usize], wrow: &[T]) -> Result<Vec<T>> {
+fn solve_in_f64<T: Real>(layer: &Layer<'_, T>, i1: usize, i2: usize, q: &[u32], wrow: &[T]) -> Result<Vec<T>> {
     let u = layer.factor.view();
     let s = q.len();
-    let col = |j: usize| (i1..i2).map(move |r| u[(r, i1 + j)].to_f64());
+    let col = |j: u32| (i1..i2).map(move |r| u[(r, i1 + j as usize)].to_f64());
     let g: Vec<f64> =
         q.iter().flat_map(|&a| q.iter().map(move |&bb| col(a).zip(col(bb)).map(|(x, y)| x * y).sum())).collect();
-    let idx: Vec<usize> = (0..s).collect();
-    let mut x: Vec<f64> = q.iter().map(|&j| wrow[j].to_f64()).collect();
+    let idx: Vec<u32> = (0..s as u32).collect();
+    let mut x: Vec<f64> = q.iter().map(|&j| wrow[j as usize].to_f64()).collect();
     if solve_lanes(&packed(&g, s, s), s, &[&idx], &mut [&mut x[..]], &mut LaneScratch::default()) != 0 {
         return Err(PruneError::NotPositiveDefinite { damp: layer.factor.damp });
     }
