@@ -36,13 +36,22 @@ impl<K: Key> Window<K> {
     pub fn around(mut sample: Vec<K>, q: f64) -> Self {
         let n = sample.len();
         let half_width = STANDARD_ERRORS * (q * (1.0 - q) / n as f64).sqrt() + 1.0 / n as f64;
-        // Two selections, not a sort: the sample is read once per block.
-        let mut at = |p: f64| *sample.select_nth_unstable(((p * n as f64) as usize).min(n - 1)).1;
-        let lo = if q - half_width <= 0.0 { K::default() } else { at(q - half_width) };
+        // Two selections, not a sort: the sample is read once per block. The
+        // first leaves only keys at least lo right of its rank, and the
+        // second looks there.
+        let rank = |p: f64| ((p * n as f64) as usize).min(n - 1);
+        let mut start = 0;
+        let lo = if q - half_width <= 0.0 {
+            K::default()
+        } else {
+            start = rank(q - half_width);
+            *sample.select_nth_unstable(start).1
+        };
         let hi = if q + half_width >= 1.0 {
             K::narrow(u64::MAX)
         } else {
-            K::narrow(at(q + half_width).widen().saturating_add(1))
+            let upper = sample[start..].select_nth_unstable(rank(q + half_width) - start).1;
+            K::narrow(upper.widen().saturating_add(1))
         };
         Window { lo, hi }
     }

@@ -269,19 +269,21 @@ fn predicted_window<T: Real>(
     let (rest, width) = (b - block.start, b - from);
     let step = (c / PREDICT_ROWS).max(1);
     let rows: Vec<usize> = (step / 2..c).step_by(step).collect();
-    let mut v = faer::Mat::<T>::from_fn(rows.len(), width, |i, j| w[rows[i] * b + from + j]);
+    // Row-major copies: whole rows are copied, and the keys read them in order.
+    let mut v: Vec<T> = rows.iter().flat_map(|&k| &w[k * b + from..(k + 1) * b]).copied().collect();
+    let lv: Vec<T> = rows.iter().flat_map(|&k| &l[k * bw..(k + 1) * bw]).copied().collect();
     matmul(
-        v.as_mut(),
+        MatMut::from_row_major_slice_mut(&mut v, rows.len(), width),
         Accum::Add,
-        faer::Mat::<T>::from_fn(rows.len(), bw, |i, t| l[rows[i] * bw + t]).as_ref(),
+        MatRef::from_row_major_slice(&lv, rows.len(), bw),
         MatRef::from_row_major_slice(r, bw, rest).subcols(bw, width),
         T::from_f64(-1.0),
         layer.par,
     );
     let scale = &layer.hsqrt[from..];
-    let sample = (0..rows.len()).flat_map(|i| (0..width).map(move |j| (i, j)));
-    let sample = sample.map(|(i, j)| (v[(i, j)].abs() * scale[j]).narrow_key()).collect();
-    Window::around(sample, zeros as f64 / (c * width) as f64)
+    let sample =
+        v.par_chunks(width).flat_map_iter(|row| row.iter().zip(scale).map(|(x, &s)| (x.abs() * s).narrow_key()));
+    Window::around(sample.collect(), zeros as f64 / (c * width) as f64)
 }
 
 /// Rows of W whose updated values place the next window.
