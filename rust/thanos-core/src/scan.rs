@@ -84,12 +84,18 @@ impl<K> Tally<K> {
 pub fn tally_rows<K: RowKeys>(keys: &K, rows: Range<usize>, width: usize, window: Window<K::Key>) -> Tally<K::Key> {
     let mut tally = Tally::default();
     let mut buf = Vec::new();
+    let end = rows.end;
     for row in rows {
         #[cfg(target_arch = "x86_64")]
         if level() == Level::Avx512 {
             if let (Some((w, scale)), Some(&[lo, hi]), Some(inside)) =
                 (keys.scaled_f32(row), K::Key::as_u32(&[window.lo, window.hi]), K::Key::as_u32_vec(&mut tally.inside))
             {
+                if row + 1 < end {
+                    if let Some((next, _)) = keys.scaled_f32(row + 1) {
+                        crate::simd::prefetch(next);
+                    }
+                }
                 // SAFETY: level() only reports features detected on this CPU.
                 tally.below += unsafe { avx512::tally_scaled_f32(w, scale, lo, hi, inside) };
                 continue;
