@@ -9,7 +9,7 @@ use crate::magnitude::magnitude;
 use crate::mask::outlier_rows;
 use crate::scalar::Real;
 use crate::sparsegpt::sparsegpt;
-use crate::thanos::{thanos, Layer};
+use crate::thanos::{self, thanos, Layer};
 use crate::wanda::wanda;
 
 /// What pruning produced besides the new weights.
@@ -36,10 +36,18 @@ pub fn prune_layer<T: Real>(w: &mut [T], h: &mut [T], c: usize, b: usize, cfg: &
                 (0..c).filter(|&k| outliers[k]).map(|k| (k, w[k * b..(k + 1) * b].to_vec())).collect();
             fix_dead(w, h, b);
             let par = Par::rayon(0);
-            let f = factor(h, b, cfg.damp, par)?;
+            // Thanos's first selection needs only W: it fills the factor's idle time.
+            let (f, start) = rayon::join(
+                || factor(h, b, cfg.damp, par),
+                || match cfg.method {
+                    Method::Thanos => thanos::start(w, &hsqrt, c, cfg),
+                    _ => thanos::Start::default(),
+                },
+            );
+            let f = f?;
             let layer = Layer { c, b, hsqrt: &hsqrt, factor: &f, par };
             let mask = match cfg.method {
-                Method::Thanos => thanos(w, &layer, cfg, &hdiag, &outliers)?,
+                Method::Thanos => thanos(w, &layer, cfg, &hdiag, &outliers, start)?,
                 _ => sparsegpt(w, &layer, cfg)?,
             };
             // Outlier rows stay bit-identical to the input, dead inputs included.

@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use crate::config::{structured_columns, target_zeros, Pattern, PruneConfig};
 use crate::error::{PruneError, Result};
 use crate::hessian::Factor;
-use crate::mask::{column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, TALLY_ROWS};
+use crate::mask::{
+    column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, Smallest, TALLY_ROWS,
+};
 use crate::scalar::Real;
 use crate::scan::{tally_rows, Tally, Window};
 use crate::sets::{expand, largest_first, pack, positions};
@@ -33,6 +35,19 @@ pub struct Layer<'a, T> {
     pub par: Par,
 }
 
+/// The part of Thanos that does not need the factor of H, so it can run
+/// beside it: the first global selection of unstructured pruning.
+#[derive(Default)]
+pub struct Start(Option<Smallest>);
+
+pub fn start<T: Real>(w: &[T], hsqrt: &[T], c: usize, cfg: &PruneConfig) -> Start {
+    let b = hsqrt.len();
+    Start(
+        (cfg.pattern == Pattern::Unstructured)
+            .then(|| smallest(c, b, target_zeros(cfg.sparsity, c, b), &remaining(w, hsqrt, 0))),
+    )
+}
+
 /// Thanos for any pattern; `outliers` (rows kept dense) must be all false
 /// for unstructured.
 pub fn thanos<T: Real>(
@@ -41,9 +56,10 @@ pub fn thanos<T: Real>(
     cfg: &PruneConfig,
     hdiag: &[f64],
     outliers: &[bool],
+    start: Start,
 ) -> Result<Vec<bool>> {
     Ok(match cfg.pattern {
-        Pattern::Unstructured => unstructured(w, layer, cfg)?,
+        Pattern::Unstructured => unstructured(w, layer, cfg, start)?,
         Pattern::NM { n, m } => nm(w, layer, cfg, n, m, outliers)?,
         Pattern::Structured => {
             let scores = column_scores(w, hdiag, layer.b, outliers);
@@ -53,7 +69,7 @@ pub fn thanos<T: Real>(
     })
 }
 
-fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
+fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, start: Start) -> Result<Vec<bool>> {
     let (c, b) = (layer.c, layer.b);
     let bs = cfg.block_for(b);
     let target = target_zeros(cfg.sparsity, c, b);
@@ -61,9 +77,9 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -
     let mut made = 0;
     let mut buffers = BlockBuffers::default();
     // Global residual selection over every remaining column; each block
-    // keeps its own columns of it. The first is a pass of its own, the
-    // others ride on the previous block's update.
-    let mut sel = smallest(c, b, target, &remaining(w, layer.hsqrt, 0));
+    // keeps its own columns of it. The first is a pass of its own (made
+    // beside the factor), the others ride on the previous block's update.
+    let mut sel = start.0.unwrap_or_else(|| smallest(c, b, target, &remaining(w, layer.hsqrt, 0)));
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let block = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
