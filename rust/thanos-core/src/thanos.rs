@@ -204,10 +204,12 @@ fn remaining<'a, T: Real>(w: &'a [T], scale: &'a [T], from: usize) -> ScaledAbs<
 /// product repacks its piece of R for every panel: 128 rows repack half as
 /// often as 64 (4096 x 4096 f32, interleaved runs: 3-4% faster).
 const PANEL_ROWS: usize = TALLY_ROWS * 4;
-/// Bytes of W per product within a panel: the tally then reads them from L2
-/// (128 x 1024 in f32, 128 x 512 in f64), and on wide layers the products
-/// are faster than one per panel.
-const PANEL_BYTES: usize = 512 << 10;
+/// Bytes of W per product within a panel (128 x 512 in f32, 128 x 256 in
+/// f64): with the piece of R and its packed copy (as large again each) they
+/// fit in a 1 MiB L2, so the tally reads the piece from there (interleaved
+/// runs, 4096 x 4096 f32: 2-3% faster than 512 KiB pieces); and on wide
+/// layers the products are faster than one per panel.
+const PANEL_BYTES: usize = 256 << 10;
 
 /// Applies the optimal update of every row for its mask in [i1, i2). With
 /// `next_zeros` (the zeros still to make over the columns [i2, b)), each
