@@ -288,7 +288,8 @@ fn predicted_window<T: Real>(
     let step = (c / PREDICT_ROWS).max(1);
     let rows: Vec<usize> = (step / 2..c).step_by(step).collect();
     // Row-major copies: whole rows are copied, and the keys read them in order.
-    let mut v: Vec<T> = rows.iter().flat_map(|&k| &w[k * b + from..(k + 1) * b]).copied().collect();
+    let mut v = vec![T::from_f64(0.0); rows.len() * width];
+    v.par_chunks_mut(width).zip(&rows).for_each(|(out, &k)| out.copy_from_slice(&w[k * b + from..(k + 1) * b]));
     let lv: Vec<T> = rows.iter().flat_map(|&k| &l[k * bw..(k + 1) * bw]).copied().collect();
     matmul(
         MatMut::from_row_major_slice_mut(&mut v, rows.len(), width),
@@ -299,9 +300,18 @@ fn predicted_window<T: Real>(
         layer.par,
     );
     let scale = &layer.hsqrt[from..];
-    let sample =
-        v.par_chunks(width).flat_map_iter(|row| row.iter().zip(scale).map(|(x, &s)| (x.abs() * s).narrow_key()));
-    Window::around(sample.collect(), zeros as f64 / (c * width) as f64)
+    let mut sample = vec![T::Key::default(); v.len()];
+    sample.par_chunks_mut(width).zip(v.par_chunks(width)).for_each(|(keys, row)| sample_keys(keys, row, scale));
+    Window::around(sample, zeros as f64 / (c * width) as f64)
+}
+
+multiversion! {
+    /// `keys[j]` = the key of `|row[j]| * scale[j]`.
+    fn sample_keys[T: Real](keys: &mut [T::Key], row: &[T], scale: &[T]) {
+        for ((k, &x), &s) in keys.iter_mut().zip(row).zip(scale) {
+            *k = (x.abs() * s).narrow_key();
+        }
+    }
 }
 
 /// Rows of W whose updated values place the next window.
