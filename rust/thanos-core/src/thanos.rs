@@ -40,6 +40,7 @@ pub struct Layer<'a, T> {
 #[derive(Default)]
 pub struct Start(Option<Smallest>);
 
+/// [`Start`] for W (c x b, b = hsqrt.len(), dead inputs already zeroed).
 pub fn start<T: Real>(w: &[T], hsqrt: &[T], c: usize, cfg: &PruneConfig) -> Start {
     let b = hsqrt.len();
     Start(
