@@ -186,8 +186,8 @@ def test_as_published_is_the_same_algorithm(pattern, alpha):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_wide_layers_agree_with_torch(dtype, pattern):
-    """b > 1024: the Rust update runs in 512 KiB pieces of 128-row panels (1024 columns in float32,
-    512 in float64; the tally of the next selection on each piece, a short last piece, a ragged
+    """b > 1024: the Rust update runs in 256 KiB pieces of 128-row panels (512 columns in float32,
+    256 in float64; the tally of the next selection on each piece, a short last piece, a ragged
     6-row last panel); the torch backend does not.
 
     float64: same masks, weights equal to 1e-10 * max|W| (cond(H) ~ 10). float32: near-ties may

@@ -13,11 +13,16 @@
 use crate::simd::{level, Level};
 use crate::Real;
 
-/// The block's mask of one row as bits, 16 entries per word (`bits` has
-/// `mask.len().div_ceil(16)` words): what [`positions`] and [`expand`] read,
-/// taken while the row is in cache.
+/// Words of bits for a row of `n` mask entries (16 per word).
+pub const fn words(n: usize) -> usize {
+    n.div_ceil(16)
+}
+
+/// The block's mask of one row as bits (`bits` has [`words`] of the mask's
+/// length): what [`positions`] and [`expand`] read, taken while the row is
+/// in cache.
 pub fn pack(mask: &[bool], bits: &mut [u16]) {
-    assert_eq!(bits.len(), mask.len().div_ceil(16));
+    assert_eq!(bits.len(), words(mask.len()));
     for (word, chunk) in bits.iter_mut().zip(mask.chunks(16)) {
         #[cfg(target_arch = "x86_64")]
         if let Ok(chunk) = <&[bool; 16]>::try_from(chunk) {
@@ -35,7 +40,7 @@ pub fn pack(mask: &[bool], bits: &mut [u16]) {
 /// Writes the positions of the set bits among the first `n` to the front of
 /// `set` (at least `n` long) and returns how many there are.
 pub fn positions(bits: &[u16], n: usize, set: &mut [u32]) -> usize {
-    assert!(set.len() >= n && bits.len() == n.div_ceil(16) && n <= u32::MAX as usize);
+    assert!(set.len() >= n && bits.len() == words(n) && n <= u32::MAX as usize);
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
         // SAFETY: level() only reports features detected on this CPU.
@@ -56,7 +61,7 @@ pub fn positions(bits: &[u16], n: usize, set: &mut [u32]) -> usize {
 /// Row k of L (`out`, as long as the mask `bits` describe): `values[i]` at
 /// the i-th set bit, zero elsewhere.
 pub fn expand<T: Real>(bits: &[u16], values: &[T], out: &mut [T]) {
-    assert!(bits.len() == out.len().div_ceil(16));
+    assert!(bits.len() == words(out.len()));
     assert_eq!(values.len(), bits.iter().map(|w| w.count_ones() as usize).sum::<usize>());
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
@@ -156,7 +161,7 @@ mod tests {
         for cap in [Level::Baseline, Level::Avx512] {
             with_cap(cap, || {
                 for mask in masks() {
-                    let mut bits = vec![0; mask.len().div_ceil(16)];
+                    let mut bits = vec![0; words(mask.len())];
                     pack(&mask, &mut bits);
                     let mut set = vec![u32::MAX; mask.len()];
                     let n = positions(&bits, mask.len(), &mut set);

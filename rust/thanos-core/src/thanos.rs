@@ -21,7 +21,7 @@ use crate::mask::{
 };
 use crate::scalar::Real;
 use crate::scan::{tally_rows, Tally, Window};
-use crate::sets::{expand, largest_first, pack, positions};
+use crate::sets::{expand, largest_first, pack, positions, words};
 use crate::simd::{multiversion, prefetch};
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
 
@@ -42,11 +42,13 @@ pub struct Start(Option<Smallest>);
 
 /// [`Start`] for W (c x b, b = hsqrt.len(), dead inputs already zeroed).
 pub fn start<T: Real>(w: &[T], hsqrt: &[T], c: usize, cfg: &PruneConfig) -> Start {
+    Start((cfg.pattern == Pattern::Unstructured).then(|| first_selection(w, hsqrt, c, cfg)))
+}
+
+/// The global selection over all of W, before any block.
+fn first_selection<T: Real>(w: &[T], hsqrt: &[T], c: usize, cfg: &PruneConfig) -> Smallest {
     let b = hsqrt.len();
-    Start(
-        (cfg.pattern == Pattern::Unstructured)
-            .then(|| smallest(c, b, target_zeros(cfg.sparsity, c, b), &remaining(w, hsqrt, 0))),
-    )
+    smallest(c, b, target_zeros(cfg.sparsity, c, b), &remaining(w, hsqrt, 0))
 }
 
 /// Thanos for any pattern; `outliers` (rows kept dense) must be all false
@@ -80,7 +82,7 @@ fn unstructured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig, s
     // Global residual selection over every remaining column; each block
     // keeps its own columns of it. The first is a pass of its own (made
     // beside the factor), the others ride on the previous block's update.
-    let mut sel = start.0.unwrap_or_else(|| smallest(c, b, target, &remaining(w, layer.hsqrt, 0)));
+    let mut sel = start.0.unwrap_or_else(|| first_selection(w, layer.hsqrt, c, cfg));
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         let block = ScaledAbs { to: i2, ..remaining(w, layer.hsqrt, i1) };
@@ -183,7 +185,7 @@ impl<T> RowSolves<T> {
         b: usize,
         cols: Range<usize>,
     ) -> impl IndexedParallelIterator<Item = (usize, (&'a mut [bool], &'a mut [u16]))> {
-        let words = cols.len().div_ceil(16);
+        let words = words(cols.len());
         // Every word is written by the marking: resized, not cleared.
         self.bits.resize(mask.len() / b * words, 0);
         mask.par_chunks_mut(b).zip(self.bits.par_chunks_mut(words)).enumerate()
@@ -330,7 +332,7 @@ fn solve_rows<T: Real>(
     let RowSolves { bits, sets, len, lambdas, at, l } = out;
     let (i1, i2) = (block.start, block.end);
     let (c, b, bw, rest) = (layer.c, layer.b, i2 - i1, layer.b - i1);
-    let words = bw.div_ceil(16);
+    let words = words(bw);
     let bits = |k: usize| &bits[k * words..(k + 1) * words];
     // A row reads only the slots it wrote: resized, not cleared.
     sets.resize(c * bw, 0);
