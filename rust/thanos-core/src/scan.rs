@@ -140,37 +140,70 @@ multiversion! {
 /// register and stored without a branch (a third of the groups hold one, so
 /// a branch mispredicts).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// [`super::tally_row`] for keys `(|w_j| * scale_j).to_bits()`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
     pub(super) unsafe fn tally_scaled_f32(w: &[f32], scale: &[f32], lo: u32, hi: u32, inside: &mut Vec<u32>) -> u64 {
         let n = w.len().min(scale.len());
-        let (lo, hi) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi as i32));
-        // Clearing the sign bit maps -0.0 to +0.0, as Real::narrow_key does.
-        let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+        // Keys have the sign bit clear (below 2^31) and so does lo, so
+        // k - lo is negative exactly when k < lo, and k - lo (mod 2^32) is
+        // below hi - lo exactly when lo <= k < hi: one shift and one
+        // compare, no mask arithmetic (mask registers move slowly to and
+        // from the integer side).
+        let (lo, width) = (_mm512_set1_epi32(lo as i32), _mm512_set1_epi32(hi.wrapping_sub(lo) as i32));
         let mut below = _mm512_setzero_si512();
         // Room for every key of the row plus one full store; the length
         // stays in a register (through the Vec it would round-trip memory).
         inside.reserve(n + 16);
         let (base, mut len) = (inside.as_mut_ptr(), inside.len());
-        for j in (0..n).step_by(16) {
-            let live: __mmask16 = if n - j >= 16 { !0 } else { (1 << (n - j)) - 1 };
+        let full = n / 16 * 16;
+        for j in (0..full).step_by(16) {
+            // SAFETY: j + 16 <= n.
+            let (x, s) = (_mm512_loadu_ps(w.as_ptr().add(j)), _mm512_loadu_ps(scale.as_ptr().add(j)));
+            (below, len) = tally16(x, s, !0, lo, width, below, base, len);
+        }
+        if full < n {
+            let live: __mmask16 = (1 << (n - full)) - 1;
             // SAFETY: the mask keeps the loads inside w[..n] and scale[..n].
-            let x = _mm512_maskz_loadu_ps(live, w.as_ptr().add(j));
-            let s = _mm512_maskz_loadu_ps(live, scale.as_ptr().add(j));
-            let k = _mm512_and_si512(_mm512_castps_si512(_mm512_mul_ps(x, s)), magnitude);
-            let at_least_lo = _mm512_mask_cmpge_epu32_mask(live, k, lo);
-            below = _mm512_mask_sub_epi32(below, live & !at_least_lo, below, _mm512_set1_epi32(-1));
-            let hit = _mm512_mask_cmplt_epu32_mask(at_least_lo, k, hi);
-            // SAFETY: n + 16 slots were reserved and len grows by at most
-            // 16 per step, so the store stays inside the allocation.
-            _mm512_storeu_si512(base.add(len).cast(), _mm512_maskz_compress_epi32(hit, k));
-            len += hit.count_ones() as usize;
+            let (x, s) = (
+                _mm512_maskz_loadu_ps(live, w.as_ptr().add(full)),
+                _mm512_maskz_loadu_ps(live, scale.as_ptr().add(full)),
+            );
+            (below, len) = tally16(x, s, live, lo, width, below, base, len);
         }
         // SAFETY: the first len slots were written (above or before).
         inside.set_len(len);
         _mm512_reduce_add_epi32(below) as u32 as u64
+    }
+
+    /// The keys `|x * s|` of the `live` lanes against the window
+    /// (`lo` and `width` = hi - lo, broadcast): those below are counted
+    /// into `below`, those inside stored at `base + len`; returns both
+    /// updated. Also Thanos's tally from the update's registers.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL; room for 16 keys at `base + len`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tally16(
+        x: __m512,
+        s: __m512,
+        live: __mmask16,
+        lo: __m512i,
+        width: __m512i,
+        below: __m512i,
+        base: *mut u32,
+        len: usize,
+    ) -> (__m512i, usize) {
+        // Clearing the sign bit maps -0.0 to +0.0, as Real::narrow_key does.
+        let k = _mm512_and_si512(_mm512_castps_si512(_mm512_mul_ps(x, s)), _mm512_set1_epi32(0x7fff_ffff));
+        let shifted = _mm512_sub_epi32(k, lo);
+        let below = _mm512_mask_add_epi32(below, live, below, _mm512_srli_epi32::<31>(shifted));
+        let hit = _mm512_mask_cmplt_epu32_mask(live, shifted, width);
+        // SAFETY: the caller leaves room for 16 keys at base + len.
+        _mm512_storeu_si512(base.add(len).cast(), _mm512_maskz_compress_epi32(hit, k));
+        (below, len + hit.count_ones() as usize)
     }
 }
