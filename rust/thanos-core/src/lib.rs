@@ -18,6 +18,7 @@ mod simd;
 mod solve;
 mod sparsegpt;
 mod thanos;
+mod update;
 mod wanda;
 
 pub use config::{

@@ -1,7 +1,7 @@
 //! SparseGPT (Frantar & Alistarh 2023): column-by-column OBS with lazy block
 //! updates, on the same U as Thanos. Rows are independent inside a block, so
 //! each thread runs the column loop over its own rows; the trailing columns
-//! get one product per block.
+//! get one product per block ([`update`]).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::mask::{mark_row, smallest, smallest_columns, smallest_nm};
 use crate::scalar::Real;
 use crate::thanos::{remove_columns, Layer};
+use crate::update;
 
 pub fn sparsegpt<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> Result<Vec<bool>> {
     if cfg.pattern == Pattern::Structured {
@@ -20,6 +21,7 @@ pub fn sparsegpt<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) 
     let (c, b) = (layer.c, layer.b);
     let bs = cfg.block_for(b);
     let mut mask = vec![false; c * b];
+    let mut packed = Vec::new();
     for i1 in (0..b).step_by(bs) {
         let i2 = (i1 + bs).min(b);
         if cfg.pattern == Pattern::Unstructured {
@@ -27,19 +29,35 @@ pub fn sparsegpt<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) 
         }
         let err = obs_columns(w, &mut mask, layer, cfg.pattern, i1, i2);
         if i2 < b {
-            let u = layer.factor.view();
-            let full = MatMut::from_row_major_slice_mut(w, c, b);
-            matmul(
-                full.submatrix_mut(0, i2, c, b - i2),
-                Accum::Add,
-                MatRef::from_row_major_slice(&err, c, i2 - i1),
-                u.submatrix(i1, i2, i2 - i1, b - i2),
-                T::from_f64(-1.0),
-                layer.par,
-            );
+            trailing_update(w, &err, layer, i1, i2, &mut packed);
         }
     }
     Ok(mask)
+}
+
+/// `W[:, i2:] -= Err U[i1:i2, i2:]`: by [`update::update_panel`] where it
+/// runs (f32, AVX-512; `packed` is its buffer, kept across blocks), else
+/// one product.
+fn trailing_update<T: Real>(w: &mut [T], err: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize, packed: &mut Vec<f32>) {
+    let (c, b, bw) = (layer.c, layer.b, i2 - i1);
+    if let (true, Some(ef), Some(uf)) = (update::available(), T::as_f32(err), T::as_f32(&layer.factor.u)) {
+        // U is column-major: column j of U[i1:i2, i2:] starts at (i2 + j) * b + i1.
+        let packed = update::pack_cols(&uf[i2 * b + i1..], b, bw, b - i2, packed);
+        let w = T::as_f32_mut(w).expect("T is f32 like Err");
+        let rows = update::PANEL_ROWS;
+        w.par_chunks_mut(rows * b).zip(ef.par_chunks(rows * bw)).for_each(|(wp, ep)| {
+            update::update_panel(wp, b, wp.len() / b, i2, ep, &packed, None, &mut Vec::new());
+        });
+        return;
+    }
+    matmul(
+        MatMut::from_row_major_slice_mut(w, c, b).submatrix_mut(0, i2, c, b - i2),
+        Accum::Add,
+        MatRef::from_row_major_slice(err, c, bw),
+        layer.factor.view().submatrix(i1, i2, bw, b - i2),
+        T::from_f64(-1.0),
+        layer.par,
+    );
 }
 
 /// The block's share of zeros, over all rows, by the OBS score w^2 / U_jj^2.

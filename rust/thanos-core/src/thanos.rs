@@ -3,7 +3,7 @@
 //! Per block [i1, i2): pick each row's set Q_k, solve the rows' small systems
 //! `lambda_k = G[Q_k,Q_k]^{-1} w[Q_k]` in parallel, scatter them into L, and
 //! apply every row's optimal update with one product `W[:, i1:] -= L R`
-//! (issued by panels of rows and pieces of columns), where
+//! ([`update`], or faer's by panels of rows and pieces of columns), where
 //! `R = U_blk^T U[i1:i2, i1:]` and G = R[:, :B]. No trailing inverse is
 //! ever recomputed.
 
@@ -19,11 +19,12 @@ use crate::hessian::Factor;
 use crate::mask::{
     column_scores, mark_nm_row, mark_row, settle, smallest, smallest_columns, ScaledAbs, Smallest, TALLY_ROWS,
 };
-use crate::scalar::Real;
+use crate::scalar::{Key, Real};
 use crate::scan::{tally_rows, Tally, Window};
 use crate::sets::{expand, largest_first, pack, positions, words};
 use crate::simd::{multiversion, prefetch};
 use crate::solve::{packed, solve_lanes, spd_solve_in_place, LaneScratch, LANES};
+use crate::update;
 
 /// Everything a Thanos or SparseGPT kernel reads besides W.
 pub struct Layer<'a, T> {
@@ -140,12 +141,14 @@ fn nm<T: Real>(
 struct BlockBuffers<T> {
     /// R = U_blk^T U[i1:i2, i1:].
     r: Vec<T>,
+    /// R packed for [`update::update_panel`].
+    packed: Vec<f32>,
     rows: RowSolves<T>,
 }
 
 impl<T> Default for BlockBuffers<T> {
     fn default() -> Self {
-        BlockBuffers { r: Vec::new(), rows: RowSolves::default() }
+        BlockBuffers { r: Vec::new(), packed: Vec::new(), rows: RowSolves::default() }
     }
 }
 
@@ -216,8 +219,10 @@ const PANEL_BYTES: usize = 256 << 10;
 
 /// Applies the optimal update of every row for its mask in [i1, i2). With
 /// `next_zeros` (the zeros still to make over the columns [i2, b)), each
-/// panel of rows is tallied for the next selection right after its update,
-/// while it is in cache (a separate pass would read W again).
+/// panel of rows is tallied for the next selection as it is updated: from
+/// the product's registers in [`update_f32`] (f32, AVX-512), else right
+/// after each piece's product, while it is in cache (a separate pass would
+/// read W again).
 fn block_update<T: Real>(
     w: &mut [T],
     mask: &[bool],
@@ -230,7 +235,7 @@ fn block_update<T: Real>(
     let b = layer.b;
     let (bw, rest) = (i2 - i1, b - i1);
     let u = layer.factor.view();
-    let BlockBuffers { r, rows } = buffers;
+    let BlockBuffers { r, packed, rows } = buffers;
     // R = U_blk^T U[i1:i2, i1:]  (bw x rest, row-major); G = R[:, :bw].
     // Every entry is written by the product: resized, not cleared.
     r.resize(bw * rest, T::from_f64(0.0));
@@ -245,6 +250,12 @@ fn block_update<T: Real>(
     solve_rows(w, r, layer, i1..i2, rows)?;
     let (l, r) = (&rows.l[..], &r[..]);
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
+    if let (true, Some(lf), Some(rf), Some(scale)) =
+        (update::available(), T::as_f32(l), T::as_f32(r), T::as_f32(&layer.hsqrt[i1..]))
+    {
+        let w = T::as_f32_mut(w).expect("T is f32 like L");
+        return Ok(update_f32::<T>(w, mask, lf, rf, scale, b, i1..i2, packed, window));
+    }
     let piece = PANEL_BYTES / PANEL_ROWS / std::mem::size_of::<T>();
     let panel = |(wp, lp): (&mut [T], &[T]), mp: &[bool]| {
         let height = wp.len() / b;
@@ -273,6 +284,43 @@ fn block_update<T: Real>(
         .zip(mask.par_chunks(PANEL_ROWS * b))
         .map(|(wl, mp)| panel(wl, mp))
         .reduce(|| window.map(|_| Tally::default()), |x, y| x.zip(y).map(|(x, y)| x.merge(y))))
+}
+
+/// [`block_update`]'s product and tally by [`update::update_panel`] (f32,
+/// AVX-512): R packed once, the tally taken from the updated registers.
+#[allow(clippy::too_many_arguments)]
+fn update_f32<T: Real>(
+    w: &mut [f32],
+    mask: &[bool],
+    l: &[f32],
+    r: &[f32],
+    scale: &[f32],
+    b: usize,
+    block: Range<usize>,
+    packed: &mut Vec<f32>,
+    window: Option<Window<T::Key>>,
+) -> Option<Tally<T::Key>> {
+    let (i1, i2, bw) = (block.start, block.end, block.len());
+    let rest = b - i1;
+    let packed = update::pack_rows(r, rest, bw, rest, packed);
+    let keys = window.map(|win| {
+        let [lo, hi] = T::Key::as_u32(&[win.lo, win.hi]).expect("f32 keys are u32").try_into().expect("two keys");
+        update::Keys { scale, from: bw, window: Window { lo, hi } }
+    });
+    let panel = |((wp, lp), mp): ((&mut [f32], &[f32]), &[bool])| {
+        let height = wp.len() / b;
+        let mut tally = Tally::<T::Key>::default();
+        let inside = T::Key::as_u32_vec(&mut tally.inside).expect("f32 keys are u32");
+        tally.below = update::update_panel(wp, b, height, i1, lp, &packed, keys.as_ref(), inside);
+        wp.chunks_mut(b).zip(mp.chunks(b)).for_each(|(row, m)| zero_row(&mut row[i1..i2], &m[i1..i2]));
+        keys.as_ref().map(|_| tally)
+    };
+    let rows = update::PANEL_ROWS;
+    w.par_chunks_mut(rows * b)
+        .zip(l.par_chunks(rows * bw))
+        .zip(mask.par_chunks(rows * b))
+        .map(panel)
+        .reduce(|| window.map(|_| Tally::default()), |x, y| x.zip(y).map(|(x, y)| x.merge(y)))
 }
 
 /// The window for the next selection (`zeros` over the columns after
