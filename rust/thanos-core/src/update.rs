@@ -216,6 +216,20 @@ mod avx512 {
                     }
                 }
             }
+            let (Some(scale), Some(win)) = (self.scale, self.window) else {
+                for (r, row) in acc.iter().enumerate() {
+                    for (t, &v) in row.iter().enumerate() {
+                        let p = c.add(r * ldc + 16 * t);
+                        _mm512_mask_storeu_ps(
+                            p,
+                            self.live[t],
+                            _mm512_sub_ps(_mm512_maskz_loadu_ps(self.live[t], p), v),
+                        );
+                    }
+                }
+                return 0;
+            };
+            let (lo, width) = (_mm512_set1_epi32(win.lo as i32), _mm512_set1_epi32(win.hi.wrapping_sub(win.lo) as i32));
             let mut below = _mm512_setzero_si512();
             // Every store writes 16 slots, up to M * NR keys land.
             inside.reserve(M * NR + 16);
@@ -225,16 +239,8 @@ mod avx512 {
                     let p = c.add(r * ldc + 16 * t);
                     let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(self.live[t], p), v);
                     _mm512_mask_storeu_ps(p, self.live[t], x);
-                    if let (Some(scale), Some(win)) = (self.scale, self.window) {
-                        if self.tallied[t] != 0 {
-                            let s = _mm512_maskz_loadu_ps(self.tallied[t], scale.add(16 * t));
-                            let (lo, width) = (
-                                _mm512_set1_epi32(win.lo as i32),
-                                _mm512_set1_epi32(win.hi.wrapping_sub(win.lo) as i32),
-                            );
-                            (below, len) = tally16(x, s, self.tallied[t], lo, width, below, base, len);
-                        }
-                    }
+                    let s = _mm512_maskz_loadu_ps(self.tallied[t], scale.add(16 * t));
+                    (below, len) = tally16(x, s, self.tallied[t], lo, width, below, base, len);
                 }
             }
             inside.set_len(len);
