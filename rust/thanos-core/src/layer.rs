@@ -1,6 +1,7 @@
 //! `prune_layer`: validation, then one of the four methods on one layer.
 
 use faer::Par;
+use rayon::prelude::*;
 
 use crate::config::{n_outlier_rows, Method, PruneConfig};
 use crate::error::{invalid, Result};
@@ -70,10 +71,11 @@ fn check_input<T: Real>(w: &[T], h: &[T], c: usize, b: usize, cfg: &PruneConfig)
             h.len()
         )));
     }
-    if !w.iter().all(|x| x.is_finite()) {
+    // Both scans read every value (33M for a 4096 x 4096 layer): in parallel.
+    if !w.par_iter().all(|x| x.is_finite()) {
         return Err(invalid("weight contains NaN or Inf values"));
     }
-    if !h.iter().all(|x| x.is_finite()) {
+    if !h.par_iter().all(|x| x.is_finite()) {
         return Err(invalid("hessian contains NaN or Inf values"));
     }
     if (0..b).any(|j| h[j * b + j] < T::from_f64(0.0)) {
