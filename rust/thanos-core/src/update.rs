@@ -253,16 +253,9 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Deterministic values in [-0.5, 0.5): a multiplicative hash mod a prime.
     fn det(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+        (0..n as u64).map(|i| ((i * 2_654_435_761 + seed * 97) % 1009) as f32 / 1009.0 - 0.5).collect()
     }
 
     /// Odd shapes (partial tiles and strips, a tallied range starting
