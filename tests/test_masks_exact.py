@@ -122,23 +122,28 @@ def test_outlier_rows_are_bit_identical(backend, dtype, pattern, alpha):
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(deadline=None, max_examples=50)
 @given(
-    method=st.sampled_from(["thanos", "sparsegpt"]),
     pattern=st.sampled_from(["unstructured", "2:4", "structured"]),
     sparsity=st.sampled_from([0.3, 0.5, 0.8]),
-    block=st.integers(1, 16),
     seed=st.integers(0, 2**31),
 )
-def test_update_beats_zeroing_with_the_same_mask(backend, method, pattern, sparsity, block, seed):
-    """Removing with the update costs no more than zeroing the same weights (OBS >= nothing).
+def test_update_beats_zeroing_with_the_same_mask(backend, pattern, sparsity, seed):
+    """A Thanos block step costs no more than zeroing the same weights (OBS >= nothing).
 
-    Holds exactly for the damped H the update minimises; the small 1% damping
-    on a well-conditioned H keeps it true for the undamped loss reported here.
+    Exact for the damped H the step minimises, with one block over the whole layer: the
+    step is then the H-orthogonal projection onto {W' : W'[mask] = 0}. Sequential removal
+    (Thanos block after block, SparseGPT column after column) has no such guarantee: each
+    step is optimal for the weights the earlier steps left, and in rare layers the sum
+    loses to plain zeroing. Found by this test when it drew several blocks: seed 11218
+    (12 x 32, unstructured 0.8, block 1) gives 0.11078 vs 0.11067 for Thanos, the float64
+    reference alike; SparseGPT does so at seed 124470445.
     """
-    w, h = random_layer(seed, 12, 32)
-    out = prune_layer(w, h, method, pattern, sparsity, block_size=block, backend=backend)
-    wt, ht = torch.from_numpy(w), torch.from_numpy(h)
-    zeroed = layer_loss(wt, wt.masked_fill(torch.from_numpy(out.mask), 0.0), ht)
-    assert out.loss <= zeroed * (1 + 1e-9)
+    c, b = 12, 32
+    w, h = random_layer(seed, c, b)
+    out = prune_layer(w, h, "thanos", pattern, sparsity, block_size=b, backend=backend)
+    wt, hd = torch.from_numpy(w), torch.from_numpy(damped(h, out.damp))
+    zeroed = layer_loss(wt, wt.masked_fill(torch.from_numpy(out.mask), 0.0), hd)
+    updated = layer_loss(wt, torch.as_tensor(out.weight), hd)
+    assert updated <= zeroed * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
