@@ -147,6 +147,7 @@ pub(crate) mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
     pub(super) unsafe fn tally_scaled_f32(w: &[f32], scale: &[f32], lo: u32, hi: u32, inside: &mut Vec<u32>) -> u64 {
         let n = w.len().min(scale.len());
+        debug_assert!(lo < 1 << 31 && lo <= hi, "window [{lo}, {hi})");
         // Keys have the sign bit clear (below 2^31) and so does lo, so
         // k - lo is negative exactly when k < lo, and k - lo (mod 2^32) is
         // below hi - lo exactly when lo <= k < hi: one shift and one

@@ -101,6 +101,8 @@ pub fn update_panel(
     let (k, width) = (b.k, b.width);
     assert!(available() && height > 0 && col0 + width <= ldw && w.len() >= (height - 1) * ldw + col0 + width);
     assert!(a.len() >= height * k && keys.is_none_or(|x| x.scale.len() >= width));
+    // tally16's window test needs lo below 2^31 (keys have the sign bit clear) and lo <= hi.
+    debug_assert!(keys.is_none_or(|x| x.window.lo < 1 << 31 && x.window.lo <= x.window.hi));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 checked by available(); bounds checked above.
     unsafe {
@@ -196,10 +198,12 @@ mod avx512 {
             strip: &[f32],
             inside: &mut Vec<u32>,
         ) -> u64 {
+            // Vectors past the strip's live columns may point past W's (and
+            // the scale's) end: wrapping offsets, used only under a zero mask.
             // W is needed only after the k loop: its lines load meanwhile.
             for r in 0..M {
                 for t in 0..NZ {
-                    _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16 * t).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc + 16 * t).cast());
                 }
             }
             let mut acc = [[_mm512_setzero_ps(); NZ]; M];
@@ -219,7 +223,7 @@ mod avx512 {
             let (Some(scale), Some(win)) = (self.scale, self.window) else {
                 for (r, row) in acc.iter().enumerate() {
                     for (t, &v) in row.iter().enumerate() {
-                        let p = c.add(r * ldc + 16 * t);
+                        let p = c.wrapping_add(r * ldc + 16 * t);
                         _mm512_mask_storeu_ps(
                             p,
                             self.live[t],
@@ -236,10 +240,10 @@ mod avx512 {
             let (base, mut len) = (inside.as_mut_ptr(), inside.len());
             for (r, row) in acc.iter().enumerate() {
                 for (t, &v) in row.iter().enumerate() {
-                    let p = c.add(r * ldc + 16 * t);
+                    let p = c.wrapping_add(r * ldc + 16 * t);
                     let x = _mm512_sub_ps(_mm512_maskz_loadu_ps(self.live[t], p), v);
                     _mm512_mask_storeu_ps(p, self.live[t], x);
-                    let s = _mm512_maskz_loadu_ps(self.tallied[t], scale.add(16 * t));
+                    let s = _mm512_maskz_loadu_ps(self.tallied[t], scale.wrapping_add(16 * t));
                     (below, len) = tally16(x, s, self.tallied[t], lo, width, below, base, len);
                 }
             }
