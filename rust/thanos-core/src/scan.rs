@@ -29,6 +29,11 @@ pub struct Window<K> {
 }
 
 impl<K: Key> Window<K> {
+    /// The same window on u32 keys, when K is u32 (f32 scores).
+    pub fn as_u32(self) -> Option<Window<u32>> {
+        K::as_u32(&[self.lo, self.hi]).map(|k| Window { lo: k[0], hi: k[1] })
+    }
+
     /// The window around quantile `q` of `sample` (non-empty), wide enough
     /// that rank q of the whole region is inside it unless the sample
     /// misled. It includes both bounding sample keys, so ties at a sampled
@@ -88,8 +93,8 @@ pub fn tally_rows<K: RowKeys>(keys: &K, rows: Range<usize>, width: usize, window
     for row in rows {
         #[cfg(target_arch = "x86_64")]
         if level() == Level::Avx512 {
-            if let (Some((w, scale)), Some(&[lo, hi]), Some(inside)) =
-                (keys.scaled_f32(row), K::Key::as_u32(&[window.lo, window.hi]), K::Key::as_u32_vec(&mut tally.inside))
+            if let (Some((w, scale)), Some(Window { lo, hi }), Some(inside)) =
+                (keys.scaled_f32(row), window.as_u32(), K::Key::as_u32_vec(&mut tally.inside))
             {
                 if row + 1 < end {
                     if let Some((next, _)) = keys.scaled_f32(row + 1) {

@@ -303,10 +303,7 @@ fn update_f32<T: Real>(
     let (i1, i2, bw) = (block.start, block.end, block.len());
     let rest = b - i1;
     let packed = update::pack_rows(r, rest, bw, rest, packed);
-    let keys = window.map(|win| {
-        let [lo, hi] = T::Key::as_u32(&[win.lo, win.hi]).expect("f32 keys are u32").try_into().expect("two keys");
-        update::Keys { scale, from: bw, window: Window { lo, hi } }
-    });
+    let keys = window.map(|win| update::Keys { scale, from: bw, window: win.as_u32().expect("f32 keys are u32") });
     let panel = |((wp, lp), mp): ((&mut [f32], &[f32]), &[bool])| {
         let height = wp.len() / b;
         let mut tally = Tally::<T::Key>::default();

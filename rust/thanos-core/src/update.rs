@@ -148,8 +148,7 @@ mod avx512 {
                 Tile {
                     live: std::array::from_fn(|t| lanes(t, 0)),
                     tallied: std::array::from_fn(|t| keys.map_or(0, |x| lanes(t, x.from))),
-                    scale: keys.map(|x| x.scale.as_ptr().add(j0)),
-                    window: keys.map(|x| x.window),
+                    tally: keys.map(|x| (x.scale.as_ptr().add(j0), x.window)),
                 }
             })
             .collect();
@@ -182,8 +181,8 @@ mod avx512 {
         /// The strip's columns inside W, and those tallied, per vector.
         live: [__mmask16; NZ],
         tallied: [__mmask16; NZ],
-        scale: Option<*const f32>,
-        window: Option<super::Window<u32>>,
+        /// The strip's scales and the window, when tallied.
+        tally: Option<(*const f32, super::Window<u32>)>,
     }
 
     impl Tile {
@@ -220,7 +219,7 @@ mod avx512 {
                     }
                 }
             }
-            let (Some(scale), Some(win)) = (self.scale, self.window) else {
+            let Some((scale, win)) = self.tally else {
                 for (r, row) in acc.iter().enumerate() {
                     for (t, &v) in row.iter().enumerate() {
                         let p = c.wrapping_add(r * ldc + 16 * t);
