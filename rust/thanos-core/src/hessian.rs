@@ -8,7 +8,9 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::{MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 use crate::error::{PruneError, Result};
 use crate::scalar::Real;
@@ -63,10 +65,13 @@ pub fn factor<T: Real>(h: &[T], b: usize, damp: f64, par: Par) -> Result<Factor<
 }
 
 /// U (column-major) for H + shift * I, or None if that is not positive definite.
+/// One b x b buffer: the flipped H is factored, inverted and flipped back in
+/// place (a second buffer and its page faults cost ~15% of a 4096 x 4096
+/// SparseGPT or Thanos call).
 fn upper_cholesky_of_inverse<T: Real>(h: &[T], b: usize, shift: T, par: Par) -> Option<Vec<T>> {
     // J (H + shift I) J: reversing a row-major b x b buffer flips both axes.
     // The matrix is symmetric, so the buffer reads the same column-major.
-    let mut a: Vec<T> = h.iter().rev().copied().collect();
+    let mut a = reversed(h);
     for j in 0..b {
         a[j * b + j] += shift;
     }
@@ -74,21 +79,76 @@ fn upper_cholesky_of_inverse<T: Real>(h: &[T], b: usize, shift: T, par: Par) -> 
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<T>(b, par, Default::default()));
     let stack = MemStack::new(&mut mem);
     cholesky_in_place(mat.as_mut(), Default::default(), par, stack, Default::default()).ok()?;
-    // Cholesky can succeed on a matrix too close to singular for the inverse
-    // to be finite; treat that like a failed factorisation.
-    let mut inv = vec![T::from_f64(0.0); b * b];
-    invert_lower_triangular(
-        MatMut::from_column_major_slice_mut(&mut inv, b, b),
-        MatRef::from_column_major_slice(&a, b, b),
-        par,
-    );
-    if !inv.iter().all(|x| x.is_finite()) {
-        return None;
-    }
-    // U = J L^{-1} J: reverse the column-major buffer again.
-    inv.reverse();
-    Some(inv)
+    invert_lower_in_place(mat, par);
+    // faer's Cholesky does not leave the strict upper triangle zero, and the
+    // flip turns it into U's lower one.
+    a.par_chunks_mut(b).enumerate().for_each(|(j, col)| col[..j].fill(T::from_f64(0.0)));
+    // U = J L^{-1} J. Cholesky can succeed on a matrix too close to singular
+    // for the inverse to be finite; treat that like a failed factorisation.
+    reverse_all_finite(&mut a).then_some(a)
 }
+
+/// `h` reversed, copied by all threads (each faults in its own pages).
+fn reversed<T: Real>(h: &[T]) -> Vec<T> {
+    let mut a = vec![T::from_f64(0.0); h.len()];
+    // Chunk k of `a` mirrors the k-th chunk of `h` counted from its end.
+    a.par_chunks_mut(CHUNK).zip(h.par_rchunks(CHUNK)).for_each(|(out, src)| {
+        out.iter_mut().zip(src.iter().rev()).for_each(|(o, &x)| *o = x);
+    });
+    a
+}
+
+/// Reverses `a` in place in parallel; true if every entry is finite.
+fn reverse_all_finite<T: Real>(a: &mut [T]) -> bool {
+    let n = a.len();
+    let (lo, rest) = a.split_at_mut(n / 2);
+    let (mid, hi) = rest.split_at_mut(n % 2);
+    let finite = |x: &[T]| x.iter().all(|v| v.is_finite());
+    let halves = lo.par_chunks_mut(CHUNK).zip(hi.par_rchunks_mut(CHUNK)).all(|(l, h)| {
+        let m = h.len();
+        for (t, x) in l.iter_mut().enumerate() {
+            std::mem::swap(x, &mut h[m - 1 - t]);
+        }
+        finite(l) && finite(h)
+    });
+    halves && finite(mid)
+}
+
+/// Elements per task of the whole-buffer passes (256 KiB of f32).
+const CHUNK: usize = 1 << 16;
+
+/// L^{-1} over L (lower triangle, column-major), by halves:
+/// [A 0; C D]^{-1} = [A^{-1} 0; -D^{-1} C A^{-1} D^{-1}], C first (it needs
+/// A and D themselves), then A and D in parallel. The same work as faer's
+/// out-of-place inverse (`b^3/6` multiply-adds).
+fn invert_lower_in_place<T: Real>(mut l: MatMut<'_, T>, par: Par) {
+    let n = l.nrows();
+    if n <= INVERT_BASE {
+        let copy = l.to_owned();
+        invert_lower_triangular(l, copy.as_ref(), Par::Seq);
+        return;
+    }
+    let mid = n / 2;
+    let (a, _, mut c, d) = l.as_mut().split_at_mut(mid, mid);
+    solve_lower_triangular_in_place(d.as_ref(), c.as_mut(), par);
+    // C A^{-1} = (A^{-T} C^T)^T: a solve with the upper triangle A^T.
+    solve_upper_triangular_in_place(a.as_ref().transpose(), c.as_mut().transpose_mut(), par);
+    c.col_iter_mut().for_each(|col| col.iter_mut().for_each(|x| *x = -*x));
+    let (a, _, _, d) = l.split_at_mut(mid, mid);
+    match par {
+        Par::Rayon(threads) if threads.get() > 1 => {
+            let half = Par::rayon(threads.get() - threads.get() / 2);
+            rayon::join(|| invert_lower_in_place(a, half), || invert_lower_in_place(d, half));
+        }
+        _ => {
+            invert_lower_in_place(a, Par::Seq);
+            invert_lower_in_place(d, Par::Seq);
+        }
+    }
+}
+
+/// Below this size the inverse is faer's, on a copy of the block.
+const INVERT_BASE: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -118,11 +178,18 @@ mod tests {
 
     #[test]
     fn trailing_inverse_identity_holds() {
-        let b = 9;
+        // 9: faer's inverse alone; 150: the in-place halving above it, odd
+        // halves included, on one thread and on several.
+        for (b, par) in [(9, Par::Seq), (150, Par::Seq), (150, Par::rayon(2))] {
+            trailing_inverse_identity_holds_for(b, par);
+        }
+    }
+
+    fn trailing_inverse_identity_holds_for(b: usize, par: Par) {
         let h = spd(b);
-        let f = factor(&h, b, 0.01, Par::Seq).unwrap();
+        let f = factor(&h, b, 0.01, par).unwrap();
         let u = f.view();
-        for i in [0, 3, 8] {
+        for i in [0, 3, b / 2 + 1, b - 1] {
             let n = b - i;
             let want = inverse_of_trailing(&h, b, i, 0.01);
             for r in 0..n {
@@ -135,6 +202,22 @@ mod tests {
         for r in 1..b {
             for c in 0..r {
                 assert_eq!(u[(r, c)], 0.0, "U must be upper triangular");
+            }
+        }
+    }
+
+    #[test]
+    fn reversal_in_place_checks_every_entry() {
+        for n in [0, 1, 2, 7, 2 * CHUNK + 3, 2 * CHUNK + 4] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let mut r = v.clone();
+            assert!(reverse_all_finite(&mut r));
+            assert!(r.iter().eq(v.iter().rev()));
+            assert_eq!(reversed(&v), r);
+            for bad in [0, n / 2, n.saturating_sub(1)].into_iter().filter(|_| n > 0) {
+                let mut r = v.clone();
+                r[bad] = f32::NAN;
+                assert!(!reverse_all_finite(&mut r), "NaN at {bad} of {n} missed");
             }
         }
     }

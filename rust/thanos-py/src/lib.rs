@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use rayon::prelude::*;
 use thanos_core::{Method, Pattern, PruneConfig, PruneError, Pruned, Real};
 
 type LayerOut<'py> = (Bound<'py, PyAny>, Bound<'py, PyArray2<bool>>, f64);
@@ -78,12 +79,17 @@ fn run<'py, T: Real + numpy::Element>(
             PruneError::InvalidInput(format!("hessian must be ({b}, {b}), got {:?}", h.shape())),
         ));
     }
-    let mut wv = w.as_slice()?.to_vec();
-    let mut hv = h.as_slice()?.to_vec();
+    let (mut wv, mut hv) = (copied(w.as_slice()?), copied(h.as_slice()?));
     let (wv, pruned) =
         detach_call(py, move || thanos_core::prune_layer(&mut wv, &mut hv, c, b, &cfg).map(|p| (wv, p)))?;
     let Pruned { mask, damp } = pruned;
     Ok((wv.into_pyarray(py).reshape([c, b])?.into_any(), mask.into_pyarray(py).reshape([c, b])?, damp))
+}
+
+/// A copy made by all threads (each faults in its own pages): 64 MiB of a
+/// 4096 x 4096 float32 input take one thread ~20 ms.
+fn copied<T: Copy + Send + Sync>(src: &[T]) -> Vec<T> {
+    src.par_iter().copied().collect()
 }
 
 /// Releases the GIL around a core call and maps its error or panic.
