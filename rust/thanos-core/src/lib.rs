@@ -11,6 +11,7 @@ mod layer;
 mod loss;
 mod magnitude;
 mod mask;
+mod obs;
 mod scalar;
 mod scan;
 mod sets;

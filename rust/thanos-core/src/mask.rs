@@ -96,6 +96,8 @@ pub trait RowKeys: Sync {
     }
 }
 
+/// Keys from a closure (tests).
+#[cfg(test)]
 impl<F: Fn(usize, usize, &mut [u64]) + Sync> RowKeys for F {
     type Key = u64;
     fn fill(&self, row: usize, from: usize, out: &mut [u64]) {

@@ -1,7 +1,8 @@
 //! SparseGPT (Frantar & Alistarh 2023): column-by-column OBS with lazy block
 //! updates, on the same U as Thanos. Rows are independent inside a block, so
-//! each thread runs the column loop over its own rows; the trailing columns
-//! get one product per block ([`update`]).
+//! each thread runs the column loop over its own rows ([`obs`]: sixteen at a
+//! time, one per SIMD lane); the trailing columns get one product per block
+//! ([`update`]).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
@@ -9,7 +10,8 @@ use rayon::prelude::*;
 
 use crate::config::{ceil_count, cumulative_share, Pattern, PruneConfig};
 use crate::error::Result;
-use crate::mask::{mark_row, smallest, smallest_columns, smallest_nm};
+use crate::mask::{mark_row, smallest, smallest_columns, smallest_nm, RowKeys};
+use crate::obs::{self, BlockMask, ObsScratch, LANES};
 use crate::scalar::Real;
 use crate::thanos::{remove_columns, Layer};
 use crate::update;
@@ -64,23 +66,43 @@ fn trailing_update<T: Real>(w: &mut [T], err: &[T], layer: &Layer<'_, T>, i1: us
 fn block_mask<T: Real>(w: &[T], mask: &mut [bool], layer: &Layer<'_, T>, p: f64, i1: usize, i2: usize) {
     let (c, b) = (layer.c, layer.b);
     let r = cumulative_share(p, c, i2) - cumulative_share(p, c, i1);
-    let f = layer.factor;
-    let key = |k: usize, j: usize| {
-        let (x, d) = (w[k * b + i1 + j], f.diag(i1 + j));
-        (x * x / (d * d)).key()
-    };
-    let keys =
-        |k: usize, from: usize, buf: &mut [u64]| buf.iter_mut().enumerate().for_each(|(j, o)| *o = key(k, from + j));
+    let denominators: Vec<T> = (i1..i2).map(|j| layer.factor.diag(j) * layer.factor.diag(j)).collect();
+    let keys = ObsScores { w, b, from: i1, denominators: &denominators };
     let sel = smallest(c, i2 - i1, r, &keys);
     mask.par_chunks_mut(b).enumerate().for_each_init(
-        || vec![0u64; i2 - i1],
+        || vec![T::Key::default(); i2 - i1],
         |buf, (k, row)| {
             mark_row(&sel, &keys, k, buf, &mut row[i1..i2]);
         },
     );
 }
 
+/// Keys of the OBS score `W_kj^2 / U_jj^2` over the block's columns, in the
+/// score type's own width (u32 for f32: half the bytes of the selection
+/// passes).
+struct ObsScores<'a, T> {
+    w: &'a [T],
+    b: usize,
+    from: usize,
+    /// U_jj^2 of the block's columns.
+    denominators: &'a [T],
+}
+
+impl<T: Real> RowKeys for ObsScores<'_, T> {
+    type Key = T::Key;
+    #[inline(always)]
+    fn fill(&self, row: usize, from: usize, out: &mut [T::Key]) {
+        let start = row * self.b + self.from + from;
+        let w = &self.w[start..start + out.len()];
+        for (o, (&x, &d)) in out.iter_mut().zip(w.iter().zip(&self.denominators[from..])) {
+            *o = (x * x / d).narrow_key();
+        }
+    }
+}
+
 /// The in-block OBS loop of every row; returns the scaled errors (c x bw).
+/// [`obs::obs_rows`] takes LANES rows at a time (f32, AVX-512), else
+/// [`obs_row`] one.
 fn obs_columns<T: Real>(
     w: &mut [T],
     mask: &mut [bool],
@@ -92,30 +114,47 @@ fn obs_columns<T: Real>(
     let (b, bw) = (layer.b, i2 - i1);
     let u = layer.factor.view();
     let ub: Vec<T> = (0..bw * bw).map(|k| u[(i1 + k / bw, i1 + k % bw)]).collect();
-    let zero = T::from_f64(0.0);
-    let mut err = vec![zero; layer.c * bw];
-    w.par_chunks_mut(b).zip(mask.par_chunks_mut(b)).zip(err.par_chunks_mut(bw)).for_each(|((row, mrow), erow)| {
-        let (seg, mseg) = (&mut row[i1..i2], &mut mrow[i1..i2]);
-        let mut keys = Vec::new();
-        for j in 0..bw {
-            if let Pattern::NM { n, m } = pattern {
-                if j % m == 0 {
-                    keys.clear();
-                    keys.extend((j..j + m).map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key()));
-                    smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
-                }
-            }
-            if !mseg[j] {
-                continue;
-            }
-            let e = seg[j] / ub[j * bw + j];
-            erow[j] = e;
-            let urow = &ub[j * bw + j + 1..(j + 1) * bw];
-            seg[j + 1..].iter_mut().zip(urow).for_each(|(x, &uu)| *x -= e * uu);
-            seg[j] = zero;
-        }
-    });
+    let block_mask = match pattern {
+        Pattern::NM { n, m } => BlockMask::NM { n, m },
+        _ => BlockMask::Given,
+    };
+    let mut err = vec![T::from_f64(0.0); layer.c * bw];
+    if let (true, Some(ubf)) = (obs::available(), T::as_f32(&ub)) {
+        let (wf, ef) = (T::as_f32_mut(w).expect("T is f32"), T::as_f32_mut(&mut err).expect("T is f32"));
+        let panels =
+            wf.par_chunks_mut(LANES * b).zip(mask.par_chunks_mut(LANES * b)).zip(ef.par_chunks_mut(LANES * bw));
+        panels.for_each_init(ObsScratch::default, |scratch, ((wp, mp), ep)| {
+            obs::obs_rows(wp, mp, ep, b, i1, ubf, block_mask, scratch);
+        });
+        return err;
+    }
+    let rows = w.par_chunks_mut(b).zip(mask.par_chunks_mut(b)).zip(err.par_chunks_mut(bw));
+    rows.for_each(|((row, mrow), erow)| obs_row(&mut row[i1..i2], &mut mrow[i1..i2], erow, &ub, block_mask));
     err
+}
+
+/// The in-block OBS loop of one row's block `seg` (mask `mseg`, scaled
+/// errors into `erow`).
+pub(crate) fn obs_row<T: Real>(seg: &mut [T], mseg: &mut [bool], erow: &mut [T], ub: &[T], block_mask: BlockMask) {
+    let bw = seg.len();
+    let mut keys = Vec::new();
+    for j in 0..bw {
+        if let BlockMask::NM { n, m } = block_mask {
+            if j % m == 0 {
+                keys.clear();
+                keys.extend((j..j + m).map(|t| (seg[t] * seg[t] / (ub[t * bw + t] * ub[t * bw + t])).key()));
+                smallest_nm(&keys, n, m, &mut mseg[j..j + m]);
+            }
+        }
+        if !mseg[j] {
+            continue;
+        }
+        let e = seg[j] / ub[j * bw + j];
+        erow[j] = e;
+        let urow = &ub[j * bw + j + 1..(j + 1) * bw];
+        seg[j + 1..].iter_mut().zip(urow).for_each(|(x, &uu)| *x -= e * uu);
+        seg[j] = T::from_f64(0.0);
+    }
 }
 
 /// Columns by OBS saliency sum_i W_ij^2 / Hinv_jj, then the joint update.
