@@ -89,6 +89,9 @@ impl PruneConfig {
             return Err(invalid(format!("damp must be a finite number > 0, got {}", self.damp)));
         }
         if let Pattern::NM { n, m } = self.pattern {
+            if !(0 < n && n < m) {
+                return Err(invalid(format!("N:M pattern needs 0 < N < M, got {n}:{m}")));
+            }
             if !b.is_multiple_of(m) {
                 return Err(invalid(format!(
                     "pattern {n}:{m} needs the input width to be a multiple of {m}, but the layer has {b} input columns"

@@ -98,7 +98,8 @@ fn reversed<T: Real>(h: &[T]) -> Vec<T> {
     a
 }
 
-/// Reverses `a` in place in parallel; true if every entry is finite.
+/// Reverses `a` in place in parallel; true if every entry is finite (when
+/// false, `a` may be only partly reversed).
 fn reverse_all_finite<T: Real>(a: &mut [T]) -> bool {
     let n = a.len();
     let (lo, rest) = a.split_at_mut(n / 2);
@@ -118,7 +119,7 @@ fn reverse_all_finite<T: Real>(a: &mut [T]) -> bool {
 const CHUNK: usize = 1 << 16;
 
 /// L^{-1} over L (lower triangle, column-major), by halves:
-/// [A 0; C D]^{-1} = [A^{-1} 0; -D^{-1} C A^{-1} D^{-1}], C first (it needs
+/// [A 0; C D]^{-1} = [A^{-1} 0; -D^{-1} C A^{-1}, D^{-1}], C first (it needs
 /// A and D themselves), then A and D in parallel. The same work as faer's
 /// out-of-place inverse (`b^3/6` multiply-adds).
 fn invert_lower_in_place<T: Real>(mut l: MatMut<'_, T>, par: Par) {

@@ -30,5 +30,4 @@ pub use error::{PruneError, Result};
 pub use hessian::{factor, fix_dead, Factor, MAX_DAMP_RETRIES};
 pub use layer::{prune_layer, Pruned};
 pub use loss::relative_loss;
-pub use mask::{smallest, Smallest};
 pub use scalar::Real;

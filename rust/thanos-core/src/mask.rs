@@ -36,7 +36,8 @@ pub struct Smallest {
 }
 
 impl Smallest {
-    #[inline(always)]
+    /// Whether the entry is selected (tests; the kernels use [`mark_row`]).
+    #[cfg(test)]
     pub fn contains(&self, key: u64, row: usize, col: usize) -> bool {
         if self.empty || key > self.threshold {
             return false;

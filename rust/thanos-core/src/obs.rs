@@ -35,21 +35,6 @@ pub fn available() -> bool {
     false
 }
 
-/// Columns per pass over the rest of the block: a group of the n:m pattern
-/// must start a pass, so that its scores see every earlier update.
-fn chunk(mask: BlockMask) -> usize {
-    match mask {
-        BlockMask::NM { m, .. } if m % 4 != 0 => {
-            if m % 2 == 0 {
-                2
-            } else {
-                1
-            }
-        }
-        _ => 4,
-    }
-}
-
 /// Scratch reused across the panels one thread runs.
 #[derive(Default)]
 pub struct ObsScratch {
@@ -59,6 +44,7 @@ pub struct ObsScratch {
     pruned: Vec<u16>,
     err: Vec<[f32; LANES]>,
     /// Scores of one n:m group.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     keys: Vec<[u32; LANES]>,
 }
 
@@ -81,21 +67,15 @@ pub fn obs_rows(
 ) {
     let rows = w.len() / b;
     let bw = err.len() / rows.max(1);
-    assert!(available() && (1..=LANES).contains(&rows) && w.len() == rows * b);
+    assert!(crate::simd::cpu_level() == crate::simd::Level::Avx512, "obs_rows needs AVX-512");
+    assert!((1..=LANES).contains(&rows) && w.len() == rows * b);
     assert!(mask.len() == w.len() && err.len() == rows * bw && ub.len() == bw * bw && i1 + bw <= b);
-    if let BlockMask::NM { n, m } = block_mask {
-        assert!(n < m && bw.is_multiple_of(m), "n:m groups must tile the block");
+    if let BlockMask::NM { m, .. } = block_mask {
+        assert!(m > 0 && bw.is_multiple_of(m), "n:m groups must tile the block");
     }
     load(w, mask, b, i1, bw, scratch);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: available() checked AVX-512 on this CPU; the sizes above.
-    unsafe {
-        match chunk(block_mask) {
-            4 => avx512::passes::<4>(ub, bw, block_mask, scratch),
-            2 => avx512::passes::<2>(ub, bw, block_mask, scratch),
-            _ => avx512::passes::<1>(ub, bw, block_mask, scratch),
-        }
-    }
+    avx512::run(ub, bw, block_mask, scratch);
     store(w, mask, err, b, i1, bw, scratch);
 }
 
@@ -132,9 +112,37 @@ mod avx512 {
 
     use super::{BlockMask, ObsScratch, LANES};
 
+    /// The passes, C columns each; the CPU's AVX-512 was checked by the
+    /// caller ([`super::obs_rows`]), and the sizes of `s` and `ub`.
+    pub(super) fn run(ub: &[f32], bw: usize, block_mask: BlockMask, s: &mut ObsScratch) {
+        // SAFETY: as above.
+        unsafe {
+            match chunk(block_mask) {
+                4 => passes::<4>(ub, bw, block_mask, s),
+                2 => passes::<2>(ub, bw, block_mask, s),
+                _ => passes::<1>(ub, bw, block_mask, s),
+            }
+        }
+    }
+
+    /// Columns per pass over the rest of the block: a group of the n:m pattern
+    /// must start a pass, so that its scores see every earlier update.
+    fn chunk(mask: BlockMask) -> usize {
+        match mask {
+            BlockMask::NM { m, .. } if m % 4 != 0 => {
+                if m % 2 == 0 {
+                    2
+                } else {
+                    1
+                }
+            }
+            _ => 4,
+        }
+    }
+
     /// The loop over the block's columns, in passes of C columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,popcnt")]
-    pub(super) unsafe fn passes<const C: usize>(ub: &[f32], bw: usize, block_mask: BlockMask, s: &mut ObsScratch) {
+    unsafe fn passes<const C: usize>(ub: &[f32], bw: usize, block_mask: BlockMask, s: &mut ObsScratch) {
         let ObsScratch { x, pruned, err, keys } = s;
         let (xp, ep) = (x.as_mut_ptr().cast::<f32>(), err.as_mut_ptr().cast::<f32>());
         // SAFETY (every pointer below): x and err hold bw vectors of LANES
@@ -231,15 +239,18 @@ mod tests {
         (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
-    /// `obs_rows` against the row-by-row loop, bit for bit.
-    fn case(rows: usize, b: usize, i1: usize, bw: usize, block_mask: BlockMask, seed: u64) {
-        let mut w: Vec<f32> = (0..rows * b).map(|i| noise(seed, i)).collect();
+    /// `obs_rows` against the row-by-row loop, bit for bit. With `ties`, W
+    /// takes five values and U_jj = 1, so n:m scores tie in most groups.
+    fn case(rows: usize, b: usize, i1: usize, bw: usize, block_mask: BlockMask, seed: u64, ties: bool) {
+        let quantised = |x: f32| if ties { (2.0 * x).round() / 2.0 } else { x };
+        let mut w: Vec<f32> = (0..rows * b).map(|i| quantised(noise(seed, i))).collect();
         // Repeated values tie n:m scores; negative zeros must stay negative.
         w.iter_mut().step_by(7).for_each(|x| *x = 0.25);
         w.iter_mut().skip(3).step_by(11).for_each(|x| *x = -0.0);
         let mut mask: Vec<bool> = (0..rows * b).map(|i| noise(seed + 1, i) < 0.0).collect();
         let ub: Vec<f32> = (0..bw * bw)
             .map(|k| match (k / bw, k % bw) {
+                (r, c) if r == c && ties => 1.0,
                 (r, c) if r == c => 1.0 + 0.5 * noise(seed + 2, k),
                 (r, c) if r < c => noise(seed + 2, k),
                 _ => 0.0,
@@ -260,7 +271,7 @@ mod tests {
 
     #[test]
     fn lanes_equal_the_row_by_row_loop_bit_for_bit() {
-        if !available() {
+        if crate::simd::cpu_level() != crate::simd::Level::Avx512 {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }
@@ -275,12 +286,13 @@ mod tests {
         for (seed, &(block_mask, m)) in patterns.iter().enumerate() {
             for (rows, groups) in [(1, 1), (5, 3), (16, 2), (13, 11)] {
                 let bw = m * groups;
-                for i1 in [0, 3] {
-                    case(rows, bw + i1 + 2, i1, bw, block_mask, seed as u64 * 100 + rows as u64);
+                for (i1, ties) in [(0, false), (3, false), (1, true)] {
+                    case(rows, bw + i1 + 2, i1, bw, block_mask, seed as u64 * 100 + rows as u64, ties);
                 }
             }
         }
-        case(16, 300, 100, 128, BlockMask::Given, 9);
-        case(7, 128, 0, 128, BlockMask::NM { n: 2, m: 4 }, 10);
+        case(16, 300, 100, 128, BlockMask::Given, 9, false);
+        case(7, 128, 0, 128, BlockMask::NM { n: 2, m: 4 }, 10, false);
+        case(16, 128, 0, 128, BlockMask::NM { n: 2, m: 4 }, 11, true);
     }
 }

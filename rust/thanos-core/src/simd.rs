@@ -43,6 +43,14 @@ pub fn level() -> Level {
     }
 }
 
+/// The widest level this CPU supports, whatever the caps: what a kernel's
+/// safety check asks (dispatch asks [`level`], which tests may lower at any
+/// moment from another thread).
+pub fn cpu_level() -> Level {
+    static DETECTED: OnceLock<Level> = OnceLock::new();
+    *DETECTED.get_or_init(detect)
+}
+
 fn detect() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
@@ -61,7 +69,8 @@ fn detect() -> Level {
 }
 
 /// Runs `f` with the level capped at `cap` (tests of every compiled variant).
-/// Global: concurrent tests see the cap too, which only changes their speed.
+/// Global: concurrent tests see the cap too, which only changes their speed
+/// (kernels check [`cpu_level`], not the cap, before running unsafe code).
 #[cfg(test)]
 pub fn with_cap<R>(cap: Level, f: impl FnOnce() -> R) -> R {
     TEST_CAP.store(cap as u8, Ordering::Relaxed);

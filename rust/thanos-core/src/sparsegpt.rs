@@ -171,3 +171,52 @@ fn structured<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) -> 
     let cols = smallest_columns(&v, ceil_count(cfg.sparsity * b as f64));
     remove_columns(w, layer, &cols, &vec![false; c])
 }
+
+#[cfg(test)]
+mod tests {
+    use faer::Par;
+
+    use super::*;
+    use crate::hessian::factor;
+    use crate::simd::{cpu_level, with_cap, Level};
+
+    /// Uniform in [-1, 1) from a hash of (seed, i).
+    fn noise(seed: u64, i: usize) -> f32 {
+        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z ^= z >> 31;
+        z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// The in-block loop over a layer by panels of 16 rows (37 rows: a partial
+    /// panel) gives the bits of the row-by-row loop, in blocks after the first.
+    #[test]
+    fn lanes_and_rows_agree_over_a_layer() {
+        if cpu_level() != Level::Avx512 {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let (c, b, n) = (37, 24, 40);
+        let x: Vec<f32> = (0..b * n).map(|i| noise(1, i)).collect();
+        let h: Vec<f32> = (0..b * b)
+            .map(|k| (0..n).map(|t| x[k / b * n + t] * x[k % b * n + t]).sum::<f32>() * 2.0 / n as f32)
+            .collect();
+        let f = factor(&h, b, 0.01, Par::Seq).unwrap();
+        let hsqrt = vec![1.0f32; b];
+        let layer = Layer { c, b, hsqrt: &hsqrt, factor: &f, par: Par::Seq };
+        let w0: Vec<f32> = (0..c * b).map(|i| noise(2, i)).collect();
+        let mask0: Vec<bool> = (0..c * b).map(|i| noise(3, i) < 0.0).collect();
+        for (pattern, i1, i2) in [(Pattern::Unstructured, 8, 24), (Pattern::NM { n: 2, m: 4 }, 4, 20)] {
+            let run = || {
+                let (mut w, mut mask) = (w0.clone(), mask0.clone());
+                let err = obs_columns(&mut w, &mut mask, &layer, pattern, i1, i2);
+                (
+                    w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    mask,
+                    err.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                )
+            };
+            assert_eq!(run(), with_cap(Level::Avx2, run));
+        }
+    }
+}

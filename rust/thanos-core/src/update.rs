@@ -99,12 +99,17 @@ pub fn update_panel(
     inside: &mut Vec<u32>,
 ) -> u64 {
     let (k, width) = (b.k, b.width);
-    assert!(available() && height > 0 && col0 + width <= ldw && w.len() >= (height - 1) * ldw + col0 + width);
+    assert!(
+        crate::simd::cpu_level() == crate::simd::Level::Avx512
+            && height > 0
+            && col0 + width <= ldw
+            && w.len() >= (height - 1) * ldw + col0 + width
+    );
     assert!(a.len() >= height * k && keys.is_none_or(|x| x.scale.len() >= width));
     // tally16's window test needs lo below 2^31 (keys have the sign bit clear) and lo <= hi.
     debug_assert!(keys.is_none_or(|x| x.window.lo < 1 << 31 && x.window.lo <= x.window.hi));
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 checked by available(); bounds checked above.
+    // SAFETY: AVX-512 checked above; bounds checked above.
     unsafe {
         avx512::panel(w.as_mut_ptr().add(col0), ldw, height, a, k, b.data, width, keys, inside)
     }
