@@ -107,6 +107,18 @@ def test_indefinite_hessian_is_fine_without_an_update(backend):
     assert prune_layer(w, h, "wanda", backend=backend).damp == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("at", [(0, 0), (3, 4), (C - 1, B - 1)])
+def test_any_non_finite_weight_is_found(dtype, value, at):
+    """The finiteness check (a min/max reduction) sees every kind of bad value anywhere."""
+    w, h = good_layer()
+    w = torch.tensor(w, dtype=dtype)
+    w[at] = value
+    with pytest.raises(InputError, match=r"weight contains NaN or Inf"):
+        prune_layer(w, torch.tensor(h, dtype=torch.float32), backend="torch")
+
+
 def test_unknown_backend():
     w, h = good_layer()
     with pytest.raises(InputError, match=r"unknown backend 'cuda'.*choose one of auto, rust, torch"):

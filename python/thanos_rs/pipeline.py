@@ -337,7 +337,7 @@ def _prune_linear(name: str, module: nn.Module, hessian: torch.Tensor, config: P
     return LayerRecord(
         name=name, shape=tuple(weight.shape), method=config.method, pattern=res.pattern,
         sparsity=res.sparsity, loss=res.loss, damp=res.damp, seconds=res.seconds,
-        zeros=int(res.mask.sum().item()), backend=res.backend,
+        zeros=int(torch.count_nonzero(res.mask)), backend=res.backend,
     )
 
 

@@ -101,6 +101,41 @@ fn detach_call<R: Send>(py: Python<'_>, f: impl FnOnce() -> thanos_core::Result<
     }
 }
 
+/// tr(dW H dW^T) / tr(W H W^T) for `weight`, `pruned` (c, b) and `hessian`
+/// (b, b), C-contiguous arrays of one dtype (float32 or float64).
+#[pyfunction]
+fn relative_loss<'py>(
+    py: Python<'py>,
+    weight: &Bound<'py, PyAny>,
+    pruned: &Bound<'py, PyAny>,
+    hessian: &Bound<'py, PyAny>,
+) -> PyResult<f64> {
+    if let Ok(w) = weight.extract::<PyReadonlyArray2<'py, f32>>() {
+        return loss_of(py, w, pruned.extract()?, hessian.extract()?);
+    }
+    loss_of::<f64>(py, weight.extract()?, pruned.extract()?, hessian.extract()?)
+}
+
+fn loss_of<'py, T: Real + numpy::Element>(
+    py: Python<'py>,
+    w: PyReadonlyArray2<'py, T>,
+    w_new: PyReadonlyArray2<'py, T>,
+    h: PyReadonlyArray2<'py, T>,
+) -> PyResult<f64> {
+    let [c, b] = [w.shape()[0], w.shape()[1]];
+    if w_new.shape() != [c, b] || h.shape() != [b, b] {
+        let msg = format!(
+            "loss needs weights of one shape (c, b) and a (b, b) hessian, got {:?}, {:?} and {:?}",
+            w.shape(),
+            w_new.shape(),
+            h.shape()
+        );
+        return Err(errors::to_pyerr(py, PruneError::InvalidInput(msg)));
+    }
+    let (wv, nv, hv) = (copied(w.as_slice()?), copied(w_new.as_slice()?), copied(h.as_slice()?));
+    detach_call(py, move || thanos_core::relative_loss(&wv, &nv, &hv, c, b))
+}
+
 /// Number of threads the kernels use (rayon's global pool; set
 /// RAYON_NUM_THREADS before the first call to change it).
 #[pyfunction]
@@ -111,6 +146,7 @@ fn num_threads() -> usize {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prune_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(relative_loss, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
