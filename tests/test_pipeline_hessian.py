@@ -46,3 +46,26 @@ def test_hook_feeds_the_layer_input():
 def test_unknown_dtype():
     with pytest.raises(InputError, match="float32' or 'float64"):
         HessianAccumulator(3, dtype="float16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_triangle_on_the_cpu_equals_addmm(dtype):
+    """The CPU path (one triangle per batch in Rust, mirrored when read) against
+    torch's full ``addmm``: reading in between and adding more batches included,
+    and inputs that are not contiguous or not in the Hessian's dtype."""
+    gen = torch.Generator().manual_seed(1)
+    width = 150  # the mirror's tiles: two full, one partial
+    acc = HessianAccumulator(width, dtype=dtype)
+    want = torch.zeros(width, width, dtype=torch.float64)
+    seen = 0
+    for step, k in enumerate((17, 1, 40, 3)):
+        x = torch.randn(width, k, generator=gen).T  # a transposed view: not contiguous
+        acc.add(x)
+        want = want * (seen / (seen + k)) + (2.0 / (seen + k)) * x.double().T @ x.double()
+        seen += k
+        if step == 1:
+            torch.testing.assert_close(acc.hessian.double(), want, rtol=1e-5, atol=1e-5)
+    got = acc.hessian
+    assert got.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, got.T)

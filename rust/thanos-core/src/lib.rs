@@ -4,6 +4,7 @@
 //! Pure Rust: slices plus dimensions in, `Result<_, PruneError>` out. The
 //! Python bindings live in the `thanos-py` crate.
 
+mod accumulate;
 mod config;
 mod error;
 mod hessian;
@@ -22,6 +23,7 @@ mod thanos;
 mod update;
 mod wanda;
 
+pub use accumulate::{accumulate, mirror};
 pub use config::{
     ceil_count, cumulative_share, n_outlier_rows, round_half_up, structured_columns, target_zeros, Method, Pattern,
     PruneConfig,

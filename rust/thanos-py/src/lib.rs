@@ -3,13 +3,14 @@
 //! Every function converts its arguments, releases the GIL, calls one core
 //! function and maps the error. Inputs are copied before the GIL is released
 //! (the kernels overwrite W and H anyway), so no other Python thread can
-//! write into memory the kernel is reading.
+//! write into memory the kernel is reading; the one exception,
+//! `accumulate_hessian`, says why.
 
 mod errors;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 use thanos_core::{Method, Pattern, PruneConfig, PruneError, Pruned, Real};
@@ -136,6 +137,56 @@ fn loss_of<'py, T: Real + numpy::Element>(
     detach_call(py, move || thanos_core::relative_loss(&wv, &nv, &hv, c, b))
 }
 
+/// `hessian <- keep * hessian + add * inputs^T inputs` on the upper triangle
+/// of `hessian` (b, b) in place, for `inputs` (tokens, b) of its dtype
+/// (float32 or float64); `mirror_hessian` completes it. Unlike the other
+/// functions, nothing is copied: `hessian` is an accumulator's own buffer,
+/// and `inputs` a layer's input read inside a forward hook, which waits for
+/// this call (copying them would cost a tenth of the work).
+#[pyfunction]
+fn accumulate_hessian<'py>(
+    py: Python<'py>,
+    hessian: &Bound<'py, PyAny>,
+    inputs: &Bound<'py, PyAny>,
+    keep: f64,
+    add: f64,
+) -> PyResult<()> {
+    if let Ok(h) = hessian.extract::<PyReadwriteArray2<'py, f32>>() {
+        return accumulate_into(py, h, inputs.extract()?, keep, add);
+    }
+    accumulate_into::<f64>(py, hessian.extract()?, inputs.extract()?, keep, add)
+}
+
+fn accumulate_into<'py, T: Real + numpy::Element>(
+    py: Python<'py>,
+    mut h: PyReadwriteArray2<'py, T>,
+    x: PyReadonlyArray2<'py, T>,
+    keep: f64,
+    add: f64,
+) -> PyResult<()> {
+    let b = h.shape()[1];
+    if h.shape() != [b, b] || x.shape()[1] != b {
+        let msg = format!("hessian must be (b, b) and inputs (tokens, b), got {:?} and {:?}", h.shape(), x.shape());
+        return Err(errors::to_pyerr(py, PruneError::InvalidInput(msg)));
+    }
+    let (hs, xs) = (h.as_slice_mut()?, x.as_slice()?);
+    detach_call(py, move || thanos_core::accumulate(hs, xs, b, keep, add))
+}
+
+/// Copies the upper triangle of `hessian` (b, b) onto the lower one, in place.
+#[pyfunction]
+fn mirror_hessian<'py>(py: Python<'py>, hessian: &Bound<'py, PyAny>) -> PyResult<()> {
+    if let Ok(mut h) = hessian.extract::<PyReadwriteArray2<'py, f32>>() {
+        let b = h.shape()[0];
+        let hs = h.as_slice_mut()?;
+        return detach_call(py, move || thanos_core::mirror(hs, b));
+    }
+    let mut h = hessian.extract::<PyReadwriteArray2<'py, f64>>()?;
+    let b = h.shape()[0];
+    let hs = h.as_slice_mut()?;
+    detach_call(py, move || thanos_core::mirror(hs, b))
+}
+
 /// Number of threads the kernels use (rayon's global pool; set
 /// RAYON_NUM_THREADS before the first call to change it).
 #[pyfunction]
@@ -147,6 +198,8 @@ fn num_threads() -> usize {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prune_layer, m)?)?;
     m.add_function(wrap_pyfunction!(relative_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(accumulate_hessian, m)?)?;
+    m.add_function(wrap_pyfunction!(mirror_hessian, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
