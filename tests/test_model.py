@@ -197,3 +197,31 @@ def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_model(model, None, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_groups_found_while_accumulating_match_the_separate_pass(arch):
+    """The one-step pipeline finds the groups in its accumulation run: the same groups
+    as ``linear_groups`` and, per group, the Hessian of the leader's input over all
+    batches (two batch sizes here, so two recorded calls)."""
+    from thanos_rs.distributed import World
+    from thanos_rs.pipeline import PruneConfig, _accumulate, _accumulate_grouped
+
+    model = tiny_model(arch)
+    decoder = find_decoder(model)
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randint(3, 512, (n, 12), generator=gen) for n in (2, 3)]
+    hidden, calls = [], {}
+    for ids in batches:
+        h, per_block = capture_block_calls(model, decoder, ids)
+        hidden.append(h)
+        calls[len(ids)] = per_block
+    block, linears = decoder.blocks[1], decoder.linears(1)
+    block_calls = {n: c[1] for n, c in calls.items()}
+    config = PruneConfig(hessian_dtype="float64")
+    with torch.no_grad():
+        groups, hessians = _accumulate_grouped(block, linears, hidden, block_calls, config, "cpu", World())
+        assert groups == linear_groups(block, linears, hidden[0], block_calls[2])
+        separate = _accumulate(block, [linears[g[0]] for g in groups], hidden, block_calls, config, "cpu", World())
+    for got, want in zip(hessians, separate, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -291,15 +291,19 @@ def _embed(model, decoder, batches, device, store):
 def _prune_block(decoder, index, hidden, calls, config, device, world: World) -> list[LayerRecord]:
     block = decoder.blocks[index]
     linears = decoder.linears(index)
-    groups = linear_groups(block, linears, hidden[0].to(device), calls[len(hidden[0])])
-    # true-sequential: one step per group (q,k,v -> o -> gate,up -> down), each seeing
-    # the earlier groups pruned; otherwise one step: every Hessian from the dense block.
-    steps = [[g] for g in groups] if config.true_sequential else [groups]
+    if config.true_sequential:
+        # One step per group (q,k,v -> o -> gate,up -> down), each accumulated after the
+        # earlier groups are pruned (lazily: a generator), so the groups come first.
+        groups = linear_groups(block, linears, hidden[0].to(device), calls[len(hidden[0])])
+        steps = (([g], _accumulate(block, [linears[g[0]]], hidden, calls, config, device, world)) for g in groups)
+    else:
+        # One step, every Hessian from the dense block; the groups found in the same run.
+        groups, hessians = _accumulate_grouped(block, linears, hidden, calls, config, device, world)
+        steps = iter([(groups, hessians)])
     records = []
     bar = tqdm(total=sum(map(len, groups)), desc=f"block {index}", unit="layer", leave=False,
                file=sys.stderr, disable=not (config.progress and world.main))
-    for step in steps:
-        hessians = _accumulate(block, [linears[g[0]] for g in step], hidden, calls, config, device, world)
+    for step, hessians in steps:
         names = [(name, hessian) for group, hessian in zip(step, hessians) for name in group]
         # Several ranks: each solves its share of the step's layers and sends them to the others.
         owners = world.owners([tuple(weight_matrix(linears[name]).shape) for name, _ in names])
@@ -324,6 +328,45 @@ def _accumulate(block, readers, hidden, calls, config, device, world: World) -> 
         for handle in handles:
             handle.remove()
     return [world.mean_hessian(acc.hessian, acc.tokens) for acc in accumulators]
+
+
+def _accumulate_grouped(block, linears, hidden, calls, config, device, world: World):
+    """The groups of ``linear_groups`` and their Hessians from one run over the batches.
+
+    On the first batch a linear whose input is the tensor the previous group leader
+    read joins that group, else it leads a new one (the rule of ``linear_groups``);
+    every call of a leader, in every batch, feeds its group's Hessian.
+    """
+    groups: list[list[str]] = []
+    accumulators: dict[str, HessianAccumulator] = {}  # by group leader
+    first_batch, last_input = [True], []
+
+    def watcher(name: str, module: nn.Module):
+        def pre_hook(_module, args):
+            x = args[0]
+            if first_batch[0] and not any(name in g for g in groups):
+                if last_input and x is last_input[0]:
+                    groups[-1].append(name)
+                else:
+                    groups.append([name])
+                    last_input[:] = [x]
+                    accumulators[name] = HessianAccumulator(weight_matrix(module).shape[1], device,
+                                                            config.hessian_dtype)
+            if name in accumulators:
+                accumulators[name].add(x)
+
+        return pre_hook
+
+    handles = [m.register_forward_pre_hook(watcher(n, m)) for n, m in linears.items()]
+    try:
+        for h in hidden:
+            run_block(block, h.to(device), calls[len(h)])
+            first_batch[0] = False
+            last_input.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return groups, [world.mean_hessian(accumulators[g[0]].hessian, accumulators[g[0]].tokens) for g in groups]
 
 
 def _prune_linear(name: str, module: nn.Module, hessian: torch.Tensor, config: PruneConfig) -> LayerRecord:
