@@ -109,3 +109,19 @@ def test_results_do_not_depend_on_the_thread_count():
         for t in (1, 3)
     ]
     assert runs[0] == runs[1] and len(runs[0].split()) == 3
+
+
+def test_core_refuses_fortran_order_instead_of_reading_it_transposed():
+    """rust-numpy hands out Fortran-ordered data as a flat slice too; read as rows it
+    would be the transpose. The Python layer always passes C order; a direct caller
+    that does not is told."""
+    w, h = _layer(8, 16)
+    pruned = np.where(np.arange(w.size).reshape(w.shape) % 2 == 0, 0, w).astype(np.float32)
+    with pytest.raises(InputError, match="weight must be a C-contiguous array"):
+        _core.prune_layer(np.asfortranarray(w), h, "thanos", "unstructured", 0, 0, 0.5, 0.0, 8, 0.01)
+    with pytest.raises(InputError, match="pruned must be a C-contiguous array"):
+        _core.relative_loss(w, np.asfortranarray(pruned), h)
+    with pytest.raises(InputError, match="inputs must be a C-contiguous array"):
+        _core.accumulate_hessian(np.zeros((16, 16), np.float32), np.asfortranarray(w), 0.0, 1.0)
+    assert _core.relative_loss(w, pruned, h) == pytest.approx(thanos_rs.layer_loss(
+        torch.from_numpy(w).double(), torch.from_numpy(pruned).double(), torch.from_numpy(h).double()), rel=1e-5)

@@ -119,6 +119,20 @@ def test_any_non_finite_weight_is_found(dtype, value, at):
         prune_layer(w, torch.tensor(h, dtype=torch.float32), backend="torch")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finiteness_check_in_every_float_type(dtype):
+    """The check itself, on the dtypes it is handed (prune_layer casts its inputs first)."""
+    from thanos_rs.kernels import _all_finite
+
+    x = torch.randn(5, 7).to(dtype)
+    assert _all_finite(x)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for at in ((0, 0), (2, 3), (4, 6)):
+            y = x.clone()
+            y[at] = value
+            assert not _all_finite(y), (value, at)
+
+
 def test_unknown_backend():
     w, h = good_layer()
     with pytest.raises(InputError, match=r"unknown backend 'cuda'.*choose one of auto, rust, torch"):

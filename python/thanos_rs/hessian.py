@@ -22,9 +22,10 @@ class HessianAccumulator:
     """Streams the inputs of one linear layer into its (b, b) Hessian.
 
     On the CPU each batch updates one triangle of H in the Rust core (X^T X is
-    symmetric: half the work of torch's ``addmm``, and faer's kernel is faster here
-    too: 3.4x on a batch of 4096 tokens x 5632 features); reading ``hessian`` copies it
-    onto the other triangle once. Other devices use ``addmm``.
+    symmetric: half the work of torch's ``addmm``; with faer's kernel 3.4x faster in
+    all on a batch of 4096 tokens x 5632 features, 1.19 -> 0.35 s on a 2-core VM);
+    reading ``hessian`` copies it onto the other triangle once. Other devices use
+    ``addmm``.
     """
 
     def __init__(self, width: int, device: torch.device | str = "cpu", dtype: str = "float32"):

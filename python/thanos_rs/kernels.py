@@ -101,7 +101,10 @@ def prune_layer(
 
 
 def layer_loss(w: torch.Tensor, w_new: torch.Tensor, h: torch.Tensor) -> float:
-    """Relative layer loss tr(dW H dW^T) / tr(W H W^T) (= ||dW X||^2 / ||W X||^2)."""
+    """Relative layer loss tr(dW H dW^T) / tr(W H W^T) (= ||dW X||^2 / ||W X||^2).
+
+    H is symmetric, as the kernels assume too (on the CPU only its upper triangle is read).
+    """
     dtype = torch.promote_types(torch.promote_types(w.dtype, w_new.dtype), h.dtype)
     if dtype in (torch.float32, torch.float64) and all(t.device.type == "cpu" for t in (w, w_new, h)):
         # On the CPU the Rust core forms only half of each Gram (c b^2 multiply-adds

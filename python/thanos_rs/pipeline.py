@@ -291,6 +291,9 @@ def _embed(model, decoder, batches, device, store):
 def _prune_block(decoder, index, hidden, calls, config, device, world: World) -> list[LayerRecord]:
     block = decoder.blocks[index]
     linears = decoder.linears(index)
+    # Shown from the start (the accumulation is the long part); its total once the groups are known.
+    bar = tqdm(total=None, desc=f"block {index}", unit="layer", leave=False,
+               file=sys.stderr, disable=not (config.progress and world.main))
     if config.true_sequential:
         # One step per group (q,k,v -> o -> gate,up -> down), each accumulated after the
         # earlier groups are pruned (lazily: a generator), so the groups come first.
@@ -300,9 +303,9 @@ def _prune_block(decoder, index, hidden, calls, config, device, world: World) ->
         # One step, every Hessian from the dense block; the groups found in the same run.
         groups, hessians = _accumulate_grouped(block, linears, hidden, calls, config, device, world)
         steps = iter([(groups, hessians)])
+    bar.total = sum(map(len, groups))
+    bar.refresh()
     records = []
-    bar = tqdm(total=sum(map(len, groups)), desc=f"block {index}", unit="layer", leave=False,
-               file=sys.stderr, disable=not (config.progress and world.main))
     for step, hessians in steps:
         names = [(name, hessian) for group, hessian in zip(step, hessians) for name in group]
         # Several ranks: each solves its share of the step's layers and sends them to the others.

@@ -73,7 +73,7 @@ const TILE: usize = 64;
 /// A pointer the tasks of [`mirror`] share (they touch disjoint entries).
 struct SharedMut<T>(*mut T);
 // SAFETY: see mirror: writes are disjoint, and reads never meet a write.
-unsafe impl<T: Send> Sync for SharedMut<T> {}
+unsafe impl<T: Send + Sync> Sync for SharedMut<T> {}
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,8 @@ use crate::scalar::Real;
 const BLOCK: usize = 256;
 
 /// Relative loss of `w_new` against `w` (row-major c x b) under the
-/// (undamped) `h` (b x b, symmetric), accumulated in f64. A negative
+/// (undamped) `h` (b x b, symmetric: only its upper triangle is read); the
+/// Gram blocks in T, their contraction with H in f64. A negative
 /// numerator (rounding, on a rank-deficient H) is clamped to 0; a zero
 /// denominator gives 0.
 pub fn relative_loss<T: Real>(w: &[T], w_new: &[T], h: &[T], c: usize, b: usize) -> Result<f64> {

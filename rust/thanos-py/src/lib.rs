@@ -3,8 +3,8 @@
 //! Every function converts its arguments, releases the GIL, calls one core
 //! function and maps the error. Inputs are copied before the GIL is released
 //! (the kernels overwrite W and H anyway), so no other Python thread can
-//! write into memory the kernel is reading; the one exception,
-//! `accumulate_hessian`, says why.
+//! write into memory the kernel is reading; the exceptions,
+//! `accumulate_hessian` and `mirror_hessian`, say why.
 
 mod errors;
 
@@ -80,11 +80,39 @@ fn run<'py, T: Real + numpy::Element>(
             PruneError::InvalidInput(format!("hessian must be ({b}, {b}), got {:?}", h.shape())),
         ));
     }
-    let (mut wv, mut hv) = (copied(w.as_slice()?), copied(h.as_slice()?));
+    let (mut wv, mut hv) = (copied(rows(py, "weight", &w)?), copied(rows(py, "hessian", &h)?));
     let (wv, pruned) =
         detach_call(py, move || thanos_core::prune_layer(&mut wv, &mut hv, c, b, &cfg).map(|p| (wv, p)))?;
     let Pruned { mask, damp } = pruned;
     Ok((wv.into_pyarray(py).reshape([c, b])?.into_any(), mask.into_pyarray(py).reshape([c, b])?, damp))
+}
+
+/// The values of a C-contiguous array (rust-numpy's `as_slice` also takes
+/// Fortran order, which would be read transposed).
+fn rows<'a, T: numpy::Element>(py: Python<'_>, name: &str, a: &'a PyReadonlyArray2<'_, T>) -> PyResult<&'a [T]> {
+    if !a.is_c_contiguous() {
+        return Err(not_c_contiguous(py, name));
+    }
+    Ok(a.as_slice()?)
+}
+
+/// [`rows`], writable.
+fn rows_mut<'a, T: numpy::Element>(
+    py: Python<'_>,
+    name: &str,
+    a: &'a mut PyReadwriteArray2<'_, T>,
+) -> PyResult<&'a mut [T]> {
+    if !a.is_c_contiguous() {
+        return Err(not_c_contiguous(py, name));
+    }
+    Ok(a.as_slice_mut()?)
+}
+
+fn not_c_contiguous(py: Python<'_>, name: &str) -> PyErr {
+    errors::to_pyerr(
+        py,
+        PruneError::InvalidInput(format!("{name} must be a C-contiguous array (numpy.ascontiguousarray)")),
+    )
 }
 
 /// A copy made by all threads (each faults in its own pages): 64 MiB of a
@@ -133,7 +161,8 @@ fn loss_of<'py, T: Real + numpy::Element>(
         );
         return Err(errors::to_pyerr(py, PruneError::InvalidInput(msg)));
     }
-    let (wv, nv, hv) = (copied(w.as_slice()?), copied(w_new.as_slice()?), copied(h.as_slice()?));
+    let (wv, nv, hv) =
+        (copied(rows(py, "weight", &w)?), copied(rows(py, "pruned", &w_new)?), copied(rows(py, "hessian", &h)?));
     detach_call(py, move || thanos_core::relative_loss(&wv, &nv, &hv, c, b))
 }
 
@@ -169,21 +198,23 @@ fn accumulate_into<'py, T: Real + numpy::Element>(
         let msg = format!("hessian must be (b, b) and inputs (tokens, b), got {:?} and {:?}", h.shape(), x.shape());
         return Err(errors::to_pyerr(py, PruneError::InvalidInput(msg)));
     }
-    let (hs, xs) = (h.as_slice_mut()?, x.as_slice()?);
+    let xs = rows(py, "inputs", &x)?;
+    let hs = rows_mut(py, "hessian", &mut h)?;
     detach_call(py, move || thanos_core::accumulate(hs, xs, b, keep, add))
 }
 
-/// Copies the upper triangle of `hessian` (b, b) onto the lower one, in place.
+/// Copies the upper triangle of `hessian` (b, b) onto the lower one, in place
+/// (an accumulator's own buffer, like `accumulate_hessian`'s: not copied).
 #[pyfunction]
 fn mirror_hessian<'py>(py: Python<'py>, hessian: &Bound<'py, PyAny>) -> PyResult<()> {
     if let Ok(mut h) = hessian.extract::<PyReadwriteArray2<'py, f32>>() {
         let b = h.shape()[0];
-        let hs = h.as_slice_mut()?;
+        let hs = rows_mut(py, "hessian", &mut h)?;
         return detach_call(py, move || thanos_core::mirror(hs, b));
     }
     let mut h = hessian.extract::<PyReadwriteArray2<'py, f64>>()?;
     let b = h.shape()[0];
-    let hs = h.as_slice_mut()?;
+    let hs = rows_mut(py, "hessian", &mut h)?;
     detach_call(py, move || thanos_core::mirror(hs, b))
 }
 
