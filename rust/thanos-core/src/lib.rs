@@ -19,6 +19,8 @@ mod sets;
 mod simd;
 mod solve;
 mod sparsegpt;
+#[cfg(test)]
+mod testing;
 mod thanos;
 mod update;
 mod wanda;

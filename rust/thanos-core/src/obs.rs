@@ -229,15 +229,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::sparsegpt::obs_row;
-
-    /// Uniform in [-1, 1) from a hash of (seed, i).
-    fn noise(seed: u64, i: usize) -> f32 {
-        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z ^= z >> 31;
-        z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 29;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+    use crate::testing::noise;
 
     /// `obs_rows` against the row-by-row loop, bit for bit. With `ties`, W
     /// takes five values and U_jj = 1, so n:m scores tie in most groups.

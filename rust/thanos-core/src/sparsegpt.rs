@@ -179,14 +179,7 @@ mod tests {
     use super::*;
     use crate::hessian::factor;
     use crate::simd::{cpu_level, with_cap, Level};
-
-    /// Uniform in [-1, 1) from a hash of (seed, i).
-    fn noise(seed: u64, i: usize) -> f32 {
-        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z ^= z >> 31;
-        z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+    use crate::testing::noise;
 
     /// The in-block loop over a layer by panels of 16 rows (37 rows: a partial
     /// panel) gives the bits of the row-by-row loop, in blocks after the first.
