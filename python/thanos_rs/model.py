@@ -29,6 +29,7 @@ __all__ = [
     "capture_block_calls",
     "check_save_target",
     "find_decoder",
+    "GroupFinder",
     "linear_groups",
     "load_model",
     "model_context",
@@ -182,26 +183,44 @@ def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def linear_groups(block: nn.Module, linears: dict[str, nn.Module], hidden: torch.Tensor, call: BlockCall):
-    """The block's linears in execution order, grouped by the input tensor they read.
+class GroupFinder:
+    """The groups of linears that read the same input, built from their calls in order.
 
     Consecutive calls on the very same tensor object form a group (q,k,v; gate,up):
-    they share one Hessian, and true-sequential pruning treats them as one step.
-    Linears the forward never calls are left out (nothing to calibrate them on).
+    they share one Hessian, and true-sequential pruning treats them as one step. A
+    linear already in a group is not grouped again (a second call changes nothing).
     """
-    groups: list[list[str]] = []
-    last_input: list[torch.Tensor] = []
+
+    def __init__(self):
+        self.groups: list[list[str]] = []
+        self._last_input: torch.Tensor | None = None  # held, so identity stays meaningful
+
+    def see(self, name: str, x: torch.Tensor) -> bool:
+        """Record a call of linear ``name`` on ``x``; True if it starts a new group."""
+        if any(name in g for g in self.groups):
+            return False
+        if self._last_input is not None and x is self._last_input:
+            self.groups[-1].append(name)
+            return False
+        self.groups.append([name])
+        self._last_input = x
+        return True
+
+    def forget_input(self) -> None:
+        """Release the last input (between forward passes)."""
+        self._last_input = None
+
+
+def linear_groups(block: nn.Module, linears: dict[str, nn.Module], hidden: torch.Tensor, call: BlockCall):
+    """The block's linears in execution order, grouped by the input tensor they read
+    (``GroupFinder``). Linears the forward never calls are left out (nothing to
+    calibrate them on).
+    """
+    finder = GroupFinder()
 
     def watcher(name: str):
         def pre_hook(_module, args):
-            if any(name in g for g in groups):
-                return
-            x = args[0]
-            if last_input and x is last_input[0]:
-                groups[-1].append(name)
-            else:
-                groups.append([name])
-                last_input[:] = [x]
+            finder.see(name, args[0])
 
         return pre_hook
 
@@ -212,7 +231,7 @@ def linear_groups(block: nn.Module, linears: dict[str, nn.Module], hidden: torch
     finally:
         for handle in handles:
             handle.remove()
-    return groups
+    return finder.groups
 
 
 def move_outside_blocks(model: nn.Module, decoder: Decoder, device: torch.device) -> None:

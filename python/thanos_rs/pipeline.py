@@ -37,6 +37,7 @@ from .model import (
     capture_block_calls,
     check_save_target,
     find_decoder,
+    GroupFinder,
     linear_groups,
     model_context,
     move_outside_blocks,
@@ -336,27 +337,19 @@ def _accumulate(block, readers, hidden, calls, config, device, world: World) -> 
 def _accumulate_grouped(block, linears, hidden, calls, config, device, world: World):
     """The groups of ``linear_groups`` and their Hessians from one run over the batches.
 
-    On the first batch a linear whose input is the tensor the previous group leader
-    read joins that group, else it leads a new one (the rule of ``linear_groups``);
-    every call of a leader, in every batch, feeds its group's Hessian.
+    The groups are found on the first batch (``GroupFinder``); every call of a group
+    leader, in every batch, feeds its group's Hessian.
     """
-    groups: list[list[str]] = []
+    finder = GroupFinder()
     accumulators: dict[str, HessianAccumulator] = {}  # by group leader
-    first_batch, last_input = [True], []
+    first_batch = [True]
 
     def watcher(name: str, module: nn.Module):
         def pre_hook(_module, args):
-            x = args[0]
-            if first_batch[0] and not any(name in g for g in groups):
-                if last_input and x is last_input[0]:
-                    groups[-1].append(name)
-                else:
-                    groups.append([name])
-                    last_input[:] = [x]
-                    accumulators[name] = HessianAccumulator(weight_matrix(module).shape[1], device,
-                                                            config.hessian_dtype)
+            if first_batch[0] and finder.see(name, args[0]):
+                accumulators[name] = HessianAccumulator(weight_matrix(module).shape[1], device, config.hessian_dtype)
             if name in accumulators:
-                accumulators[name].add(x)
+                accumulators[name].add(args[0])
 
         return pre_hook
 
@@ -365,11 +358,12 @@ def _accumulate_grouped(block, linears, hidden, calls, config, device, world: Wo
         for h in hidden:
             run_block(block, h.to(device), calls[len(h)])
             first_batch[0] = False
-            last_input.clear()
+            finder.forget_input()
     finally:
         for handle in handles:
             handle.remove()
-    return groups, [world.mean_hessian(accumulators[g[0]].hessian, accumulators[g[0]].tokens) for g in groups]
+    leaders = [accumulators[g[0]] for g in finder.groups]
+    return finder.groups, [world.mean_hessian(acc.hessian, acc.tokens) for acc in leaders]
 
 
 def _prune_linear(name: str, module: nn.Module, hessian: torch.Tensor, config: PruneConfig) -> LayerRecord:

@@ -12,9 +12,6 @@
 //! results are the same bits. Written with intrinsics: from plain loops over
 //! lane arrays, LLVM vectorises across the columns instead, with gathers.
 
-#[cfg(target_arch = "x86_64")]
-use crate::simd::{level, Level};
-
 /// Rows updated together.
 pub const LANES: usize = 16;
 
@@ -25,14 +22,6 @@ pub enum BlockMask {
     Given,
     /// Chosen per row every m columns on the current values (n:m).
     NM { n: usize, m: usize },
-}
-
-/// Whether [`obs_rows`] runs on this CPU.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return level() == Level::Avx512;
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// Scratch reused across the panels one thread runs.
@@ -53,7 +42,7 @@ pub struct ObsScratch {
 /// `mask` (same layout as `w`) is read (`Given`) or written (`NM`); `err`
 /// (stride bw) receives the scaled errors `W_kj / U_jj` of the pruned
 /// entries and zero elsewhere. `ub` is U_blk (bw x bw, row-major). Pruned
-/// entries of `w` end exactly zero. Only where [`available`].
+/// entries of `w` end exactly zero. Only where [`crate::simd::avx512`].
 #[allow(clippy::too_many_arguments)]
 pub fn obs_rows(
     w: &mut [f32],
@@ -67,7 +56,7 @@ pub fn obs_rows(
 ) {
     let rows = w.len() / b;
     let bw = err.len() / rows.max(1);
-    assert!(crate::simd::cpu_level() == crate::simd::Level::Avx512, "obs_rows needs AVX-512");
+    assert!(crate::simd::cpu_has_avx512(), "obs_rows needs AVX-512");
     assert!((1..=LANES).contains(&rows) && w.len() == rows * b);
     assert!(mask.len() == w.len() && err.len() == rows * bw && ub.len() == bw * bw && i1 + bw <= b);
     if let BlockMask::NM { m, .. } = block_mask {
@@ -263,7 +252,7 @@ mod tests {
 
     #[test]
     fn lanes_equal_the_row_by_row_loop_bit_for_bit() {
-        if crate::simd::cpu_level() != crate::simd::Level::Avx512 {
+        if !crate::simd::cpu_has_avx512() {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }

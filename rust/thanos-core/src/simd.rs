@@ -27,14 +27,14 @@ static TEST_CAP: AtomicU8 = AtomicU8::new(u8::MAX);
 /// The widest level this CPU supports, capped by `THANOS_SIMD`.
 #[inline(always)]
 pub fn level() -> Level {
-    static DETECTED: OnceLock<Level> = OnceLock::new();
-    let level = *DETECTED.get_or_init(|| {
+    static CAPPED: OnceLock<Level> = OnceLock::new();
+    let level = *CAPPED.get_or_init(|| {
         let cap = match std::env::var("THANOS_SIMD").as_deref() {
             Ok("baseline") => Level::Baseline,
             Ok("avx2") => Level::Avx2,
             _ => Level::Avx512,
         };
-        detect().min(cap)
+        cpu_level().min(cap)
     });
     match TEST_CAP.load(Ordering::Relaxed) {
         0 => Level::Baseline,
@@ -49,6 +49,17 @@ pub fn level() -> Level {
 pub fn cpu_level() -> Level {
     static DETECTED: OnceLock<Level> = OnceLock::new();
     *DETECTED.get_or_init(detect)
+}
+
+/// Whether the AVX-512 kernels (the f32 block product, SparseGPT's lanes)
+/// are to run: dispatch.
+pub fn avx512() -> bool {
+    level() == Level::Avx512
+}
+
+/// Whether this CPU has AVX-512: the safety check of those kernels.
+pub fn cpu_has_avx512() -> bool {
+    cpu_level() == Level::Avx512
 }
 
 fn detect() -> Level {

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::mask::{mark_row, smallest, smallest_columns, smallest_nm, RowKeys};
 use crate::obs::{self, BlockMask, ObsScratch, LANES};
 use crate::scalar::Real;
+use crate::simd;
 use crate::thanos::{remove_columns, Layer};
 use crate::update;
 
@@ -42,7 +43,7 @@ pub fn sparsegpt<T: Real>(w: &mut [T], layer: &Layer<'_, T>, cfg: &PruneConfig) 
 /// one product.
 fn trailing_update<T: Real>(w: &mut [T], err: &[T], layer: &Layer<'_, T>, i1: usize, i2: usize, packed: &mut Vec<f32>) {
     let (c, b, bw) = (layer.c, layer.b, i2 - i1);
-    if let (true, Some(ef), Some(uf)) = (update::available(), T::as_f32(err), T::as_f32(&layer.factor.u)) {
+    if let (true, Some(ef), Some(uf)) = (simd::avx512(), T::as_f32(err), T::as_f32(&layer.factor.u)) {
         // U is column-major: column j of U[i1:i2, i2:] starts at (i2 + j) * b + i1.
         let packed = update::pack_cols(&uf[i2 * b + i1..], b, bw, b - i2, packed);
         let w = T::as_f32_mut(w).expect("T is f32 like Err");
@@ -119,7 +120,7 @@ fn obs_columns<T: Real>(
         _ => BlockMask::Given,
     };
     let mut err = vec![T::from_f64(0.0); layer.c * bw];
-    if let (true, Some(ubf)) = (obs::available(), T::as_f32(&ub)) {
+    if let (true, Some(ubf)) = (simd::avx512(), T::as_f32(&ub)) {
         let (wf, ef) = (T::as_f32_mut(w).expect("T is f32"), T::as_f32_mut(&mut err).expect("T is f32"));
         let panels =
             wf.par_chunks_mut(LANES * b).zip(mask.par_chunks_mut(LANES * b)).zip(ef.par_chunks_mut(LANES * bw));
@@ -178,14 +179,14 @@ mod tests {
 
     use super::*;
     use crate::hessian::factor;
-    use crate::simd::{cpu_level, with_cap, Level};
+    use crate::simd::{cpu_has_avx512, with_cap, Level};
     use crate::testing::noise;
 
     /// The in-block loop over a layer by panels of 16 rows (37 rows: a partial
     /// panel) gives the bits of the row-by-row loop, in blocks after the first.
     #[test]
     fn lanes_and_rows_agree_over_a_layer() {
-        if cpu_level() != Level::Avx512 {
+        if !cpu_has_avx512() {
             eprintln!("skipped: no AVX-512 on this CPU");
             return;
         }

@@ -251,7 +251,7 @@ fn block_update<T: Real>(
     let (l, r) = (&rows.l[..], &r[..]);
     let window = next_zeros.map(|zeros| predicted_window(w, l, r, layer, i1..i2, zeros));
     if let (true, Some(lf), Some(rf), Some(scale)) =
-        (update::available(), T::as_f32(l), T::as_f32(r), T::as_f32(&layer.hsqrt[i1..]))
+        (crate::simd::avx512(), T::as_f32(l), T::as_f32(r), T::as_f32(&layer.hsqrt[i1..]))
     {
         let w = T::as_f32_mut(w).expect("T is f32 like L");
         return Ok(update_f32::<T>(w, mask, lf, rf, scale, b, i1..i2, packed, window));

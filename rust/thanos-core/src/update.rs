@@ -13,8 +13,6 @@
 use rayon::prelude::*;
 
 use crate::scan::Window;
-#[cfg(target_arch = "x86_64")]
-use crate::simd::{level, Level};
 
 /// Columns of W per strip: six AVX-512 vectors.
 pub const NR: usize = 96;
@@ -22,14 +20,6 @@ pub const NR: usize = 96;
 pub const MR: usize = 4;
 /// Rows of W per parallel task: they share each strip of B from L1.
 pub const PANEL_ROWS: usize = 128;
-
-/// Whether [`update_panel`] runs on this CPU.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return level() == Level::Avx512;
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
 
 /// B (k x width) packed for [`update_panel`]: strips of NR columns, each
 /// k x NR row-major, zero past `width`. Every slot is written.
@@ -86,7 +76,7 @@ pub struct Keys<'a> {
 /// `W[rows, col0..col0 + width] -= A B` for a panel of `height` rows of W
 /// (row stride `ldw`) and A (`height` x k, row-major). With `keys`, counts
 /// the updated keys below the window and appends those inside it to
-/// `inside`; returns the count. Only where [`available`].
+/// `inside`; returns the count. Only where [`crate::simd::avx512`].
 #[allow(clippy::too_many_arguments)]
 pub fn update_panel(
     w: &mut [f32],
@@ -100,7 +90,7 @@ pub fn update_panel(
 ) -> u64 {
     let (k, width) = (b.k, b.width);
     assert!(
-        crate::simd::cpu_level() == crate::simd::Level::Avx512
+        crate::simd::cpu_has_avx512()
             && height > 0
             && col0 + width <= ldw
             && w.len() >= (height - 1) * ldw + col0 + width
@@ -270,7 +260,7 @@ mod tests {
     /// inside a vector) against a plain product and a plain count.
     #[test]
     fn matches_plain_product_and_count() {
-        if !available() {
+        if !crate::simd::avx512() {
             return;
         }
         for (height, k, width, from) in [(1, 1, 1, 0), (7, 5, 97, 3), (9, 130, 200, 130), (4, 64, 96, 96)] {

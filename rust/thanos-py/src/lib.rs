@@ -207,12 +207,13 @@ fn accumulate_into<'py, T: Real + numpy::Element>(
 /// (an accumulator's own buffer, like `accumulate_hessian`'s: not copied).
 #[pyfunction]
 fn mirror_hessian<'py>(py: Python<'py>, hessian: &Bound<'py, PyAny>) -> PyResult<()> {
-    if let Ok(mut h) = hessian.extract::<PyReadwriteArray2<'py, f32>>() {
-        let b = h.shape()[0];
-        let hs = rows_mut(py, "hessian", &mut h)?;
-        return detach_call(py, move || thanos_core::mirror(hs, b));
+    if let Ok(h) = hessian.extract::<PyReadwriteArray2<'py, f32>>() {
+        return mirror_in(py, h);
     }
-    let mut h = hessian.extract::<PyReadwriteArray2<'py, f64>>()?;
+    mirror_in::<f64>(py, hessian.extract()?)
+}
+
+fn mirror_in<'py, T: Real + numpy::Element>(py: Python<'py>, mut h: PyReadwriteArray2<'py, T>) -> PyResult<()> {
     let b = h.shape()[0];
     let hs = rows_mut(py, "hessian", &mut h)?;
     detach_call(py, move || thanos_core::mirror(hs, b))
