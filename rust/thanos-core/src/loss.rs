@@ -54,7 +54,11 @@ fn trace_form<T: Real>(a: &[T], h: &[T], c: usize, b: usize, par: Par) -> f64 {
             T::from_f64(1.0),
             par,
         );
-        total += g
+        // Per column in parallel, summed in column order: a parallel sum would
+        // add in an order that depends on how the threads split the work, and
+        // runs that must agree (the disk-offload test compares reports) differ
+        // in the last bit.
+        let columns: Vec<f64> = g
             .par_chunks(height)
             .enumerate()
             .map(|(jj, col)| {
@@ -66,7 +70,8 @@ fn trace_form<T: Real>(a: &[T], h: &[T], c: usize, b: usize, par: Par) -> f64 {
                 let below: f64 = col[jj + 1..].iter().zip(&hrow[1..]).map(|(&g, &x)| g.to_f64() * x.to_f64()).sum();
                 col[jj].to_f64() * hrow[0].to_f64() + 2.0 * below
             })
-            .sum::<f64>();
+            .collect();
+        total += columns.iter().sum::<f64>();
     }
     total
 }
